@@ -1,0 +1,257 @@
+"""``firegw``: run the gateway, check profiles, and read the embedded store.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (config, profiles, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import AuthenticationFailed, ConfigError, FiregwError
+from gateway.settings import GatewaySettings, load_settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("firegw")
+
+
+def _settings(args: argparse.Namespace) -> GatewaySettings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"--since: not an ISO 8601 time: {text!r}") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=None, default=str))
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.pipeline import Gateway
+
+    gw = Gateway(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await gw.run(stop)
+
+    try:
+        asyncio.run(main())
+    except AuthenticationFailed as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------- profiles
+
+
+def cmd_profiles_check(args: argparse.Namespace) -> int:
+    from gateway.profiles.loader import check_paths
+
+    paths = [Path(p) for p in args.paths] or [_settings(args).profiles_dir]
+    problems = check_paths(paths)
+    for line in problems:
+        print(line)
+    if problems:
+        return 2
+    print(f"ok: {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def cmd_profiles_schema(args: argparse.Namespace) -> int:
+    from gateway.profiles.loader import profile_json_schema
+
+    sys.stdout.write(profile_json_schema())
+    return 0
+
+
+def cmd_profiles_try(args: argparse.Namespace) -> int:
+    from gateway.normalize.json_decoder import JsonDecoder
+    from gateway.profiles.loader import load_profile
+    from gateway.profiles.models import Profile
+
+    settings = _settings(args)
+    given = Path(args.profile)
+    path = given if given.exists() else settings.profiles_dir / f"{args.profile}.yaml"
+    profile: Profile = load_profile(path)
+    sample = Path(args.sample).read_bytes() if args.sample != "-" else sys.stdin.buffer.read()
+    now = int(time.time() * 1000)
+    if profile.transport == "mqtt":
+        readings = JsonDecoder(profile).decode(sample.strip(), "(site)", "(device)", now)
+    else:
+        from gateway.normalize.registers import decode_dump
+
+        readings = decode_dump(profile, sample.decode(), now)
+    out = [{"metric": r.metric, "value": r.value, "unit": r.unit, "ts": _iso(r.ts_ms), "quality": r.quality.value,
+            "class": r.point_class.value, "urgent": r.urgent} for r in readings]
+    if args.json:
+        _print_json(out)
+    else:
+        for o in out:
+            print(f"{o['metric']:<24} {o['value']!s:>12} {o['unit']:<6} {o['quality']:<8} {o['class']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- store reads
+
+
+def _store(settings: GatewaySettings) -> Any:
+    from gateway.store.sqlite import Store
+
+    return Store(settings.store.path, readonly=True).open()
+
+
+def stats(settings: GatewaySettings) -> dict[str, Any]:
+    with _store(settings) as store:
+        out: dict[str, Any] = store.stats()
+        extra = getattr(store, "workflow_stats", None)
+        out.update(extra() if extra else {"hazards_open": 0, "events_open": 0})
+        return out
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    out = stats(_settings(args))
+    if args.json:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k:<22} {v}")
+    return 0
+
+
+def cmd_readings(args: argparse.Namespace) -> int:
+    since = _parse_time(args.since) if args.since else None
+    with _store(_settings(args)) as store:
+        rows = store.readings(args.device, metric=args.metric, since_ms=since, limit=args.limit)
+    out = [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric, "value": r.value, "unit": r.unit,
+            "ts": _iso(r.ts_ms), "received_at": _iso(r.received_at_ms), "quality": r.quality} for r in rows]
+    if args.json:
+        _print_json(out)
+    else:
+        for o in out:
+            print(f"{o['ts']}  {o['metric']:<22} {o['value']!s:>12} {o['unit']:<6} {o['quality']}")
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    with _store(_settings(args)) as store:
+        rows = store.dead_letters(limit=args.limit)
+    for r in rows:
+        r["at"] = _iso(r.pop("at_ms"))
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['at']}  {r['source']}  {r['address']}  {r['reason']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from simulators.demo import run_demo
+
+    rc: int = run_demo(duration=args.duration, workdir=Path(args.workdir), devices=args.devices, rate=args.rate)
+    return rc
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="firegw", description="Fire-safety IoT telemetry gateway")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file (default: $FIREGW_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the gateway in the foreground")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole system on this machine: broker, simulators, gateway")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument("--workdir", default="var/demo", help="where the demo keeps its store and broker files")
+    p.add_argument("--devices", type=int, default=40)
+    p.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
+    p.set_defaults(fn=cmd_demo)
+
+    prof = sub.add_parser("profiles", help="check, describe and try device profiles").add_subparsers(
+        dest="profiles_command", required=True)
+    p = prof.add_parser("check", help="validate profiles and inventory files or directories")
+    p.add_argument("paths", nargs="*")
+    p.set_defaults(fn=cmd_profiles_check)
+    p = prof.add_parser("schema", help="print the JSON Schema of a profile")
+    p.set_defaults(fn=cmd_profiles_schema)
+    p = prof.add_parser("try", help="decode one sample payload (or register dump) with a profile")
+    p.add_argument("profile", help="profile file, or a profile name in the profiles directory")
+    p.add_argument("sample", help="file with the sample, or - for stdin")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_profiles_try)
+
+    p = sub.add_parser("stats", help="counters read from the embedded store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_stats)
+
+    p = sub.add_parser("readings", help="readings of one device from the embedded store")
+    p.add_argument("device")
+    p.add_argument("--metric")
+    p.add_argument("--since", help="ISO 8601 time")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_readings)
+
+    p = sub.add_parser("dead-letters", help="input that could not be used, with the reason")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_dead_letters)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.fn(args)
+        return rc
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    except FiregwError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The committer: the one thread that writes the embedded store.
+
+Pushed sources put raw messages into its bounded inbox (``put`` blocks while it is full: that is
+the back-pressure that leaves messages with the broker instead of dropping them). Polled sources
+and the API submit work and wait on a future. Each loop takes what is waiting (up to
+``max_batch``), decodes it, writes everything it produced in one transaction, commits, and only
+then acknowledges the messages to their sources. Urgent readings (alarms, faults, supervisory,
+feedback) are never held back for batching: a batch is whatever arrived while the previous one
+was being committed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.health import Health
+from gateway.models import DeadLetter, RawMessage, Reading
+from gateway.normalize.router import MqttNormalizer
+from gateway.profiles.loader import Catalog
+from gateway.sources.base import PollBatch
+from gateway.store.sqlite import Store
+
+__all__ = ["Committer", "Hooks", "RetentionPolicy"]
+
+logger = logging.getLogger(__name__)
+
+AckFn = Callable[[list[object]], None]
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    readings_days: float = 30.0
+    messages_days: float = 7.0
+    dead_letters_days: float = 30.0
+    every_s: float = 600.0
+
+
+class _Stop:
+    pass
+
+
+@dataclass
+class _Job:
+    batch: PollBatch | None
+    fn: Callable[[Store], Any] | None
+    future: concurrent.futures.Future[Any]
+
+
+class Hooks:
+    """What runs inside the committer's transaction after readings are written (rules, hazards).
+
+    The base class does nothing; the rule engine subclasses it. ``on_readings`` sees every new
+    reading of a batch, urgent ones first; ``on_tick`` runs about once a ``tick_s`` for timers.
+    """
+
+    def on_readings(self, store: Store, readings: list[Reading], now_ms: int) -> None:
+        return None
+
+    def on_status(self, store: Store, batch: PollBatch, now_ms: int) -> None:
+        return None
+
+    def on_tick(self, store: Store, now_ms: int) -> None:
+        return None
+
+
+class Committer:
+    """Owns the writing store connection; see the module docstring."""
+
+    def __init__(self, *, store: Store, catalog: Catalog, health: Health, inbox_size: int = 20_000,
+                 max_batch: int = 1_000, tick_s: float = 1.0, retention: RetentionPolicy | None = None,
+                 hooks: Hooks | None = None) -> None:
+        if inbox_size < 1 or max_batch < 1:
+            raise ValueError("inbox_size and max_batch must be positive")
+        self.store = store
+        self.catalog = catalog
+        self.normalizer = MqttNormalizer(catalog)
+        self.hooks = hooks or Hooks()
+        self._inbox: queue.Queue[RawMessage | _Job | _Stop] = queue.Queue(maxsize=inbox_size)
+        self._max_batch = max_batch
+        self._tick_s = tick_s
+        self._retention = retention or RetentionPolicy()
+        self._acks: dict[str, AckFn] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="firegw-committer", daemon=True)
+        self._stage = health.stage("committer", stall_after_s=30.0)
+        self._last_prune = 0.0
+        self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
+        self.fatal: BaseException | None = None
+
+    # ------------------------------------------------------------------ API for sources
+
+    def register_source(self, name: str, ack: AckFn) -> None:
+        self._acks[name] = ack
+
+    def put(self, raw: RawMessage) -> bool:
+        """Hand over one message; blocks while the inbox is full; False once stopping."""
+        while not self._stopping.is_set():
+            try:
+                self._inbox.put(raw, timeout=0.2)
+                return True
+            except queue.Full:
+                self._stage.count("inbox_full_waits")
+        return False
+
+    def submit(self, batch: PollBatch) -> concurrent.futures.Future[None]:
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._put_job(_Job(batch, None, fut))
+        return fut
+
+    def call(self, fn: Callable[[Store], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn(store)`` inside the committer's next transaction (API actions use this)."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._put_job(_Job(None, fn, fut))
+        return fut
+
+    def _put_job(self, job: _Job) -> None:
+        if self._stopping.is_set():
+            job.future.set_exception(RuntimeError("the gateway is stopping"))
+            return
+        self._inbox.put(job)  # jobs come from few producers that wait on them: blocking is bounded
+
+    @property
+    def depth(self) -> int:
+        return self._inbox.qsize()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking messages, commit and acknowledge everything already taken, then return."""
+        self._stopping.set()
+        try:
+            self._inbox.put(_Stop(), timeout=timeout)
+        except queue.Full:
+            logger.error("committer: inbox still full at shutdown")
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self._tick_s
+        stop = False
+        while not stop:
+            items: list[RawMessage | _Job] = []
+            try:
+                first = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                first = None
+            if isinstance(first, _Stop):
+                stop = True
+            elif first is not None:
+                items.append(first)
+            while len(items) < self._max_batch:
+                try:
+                    nxt = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Stop):
+                    stop = True
+                    continue
+                items.append(nxt)
+            tick = time.monotonic() >= next_tick
+            if tick:
+                next_tick = time.monotonic() + self._tick_s
+            if items or tick:
+                self._process_with_retry(items, tick, stop)
+        logger.info("committer: stopped with everything taken committed")
+
+    def _process_with_retry(self, items: list[RawMessage | _Job], tick: bool, stopping: bool) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._process(items, tick)
+                return
+            except sqlite3.Error as exc:
+                # The store cannot take the batch (disk full, locked, I/O error). Nothing was
+                # acknowledged; keep the batch and try again rather than lose it.
+                if self._stage.last_error is None:
+                    logger.error("committer: store write failed, retrying: %s", exc)
+                self._stage.last_error = f"store write failed: {exc}"
+                self._stage.depth = len(items) + self._inbox.qsize()
+                if stopping and delay > 8:
+                    logger.error("committer: giving up at shutdown; %d items stay unacknowledged", len(items))
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception as exc:  # a bug must not stall the pipeline silently
+                logger.exception("committer: batch failed")
+                self._stage.last_error = f"batch failed: {exc!r}"
+                for it in items:
+                    if isinstance(it, _Job) and not it.future.done():
+                        it.future.set_exception(exc)
+                self.fatal = exc
+                return
+
+    def _process(self, items: list[RawMessage | _Job], tick: bool) -> None:
+        store = self.store
+        now_ms = int(time.time() * 1000)
+        readings: list[Reading] = []
+        dead: list[DeadLetter] = []
+        seen: dict[str, tuple[str, int]] = {}
+        acks: dict[str, list[object]] = {}
+        jobs: list[_Job] = []
+        accepted = duplicates = 0
+        raws = [it for it in items if isinstance(it, RawMessage)]
+        for it in items:
+            if isinstance(it, _Job):
+                jobs.append(it)
+        polls = [j.batch for j in jobs if j.batch is not None]
+        with store.transaction():
+            for raw in raws:
+                if raw.token is not None:
+                    acks.setdefault(raw.source, []).append(raw.token)
+                decoded = self.normalizer.normalize(raw)
+                digest = hashlib.blake2b(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest()
+                # A message seen before is a redelivery when the source says so (MQTT DUP) or when it
+                # carries its own time (same bytes, same reading). Identical untimed payloads that are
+                # not redeliveries (a bare heartbeat) are new messages: their readings take receive time.
+                first = store.claim_message(digest, raw.received_at_ms, decoded.dead is not None)
+                if not first and (raw.redelivered or decoded.device_time):
+                    duplicates += 1
+                    continue
+                if decoded.dead is not None:
+                    dead.append(decoded.dead)
+                    continue
+                accepted += 1
+                readings.extend(decoded.readings)
+                if decoded.device_id is not None:
+                    seen[decoded.device_id] = (self._device_sites.get(decoded.device_id, ""), raw.received_at_ms)
+            for batch in polls:
+                readings.extend(batch.readings)
+                dead.extend(batch.dead)
+                for r in batch.readings:
+                    if r.quality.value != "missing":
+                        seen[r.device_id] = (r.site_id, r.received_at_ms)
+                store.set_status(batch.status, self._device_sites)
+            if len(readings) > 1:
+                readings.sort(key=lambda r: not r.urgent)  # urgent first, order otherwise kept
+            new = store.insert_readings(readings)
+            store.update_state(readings, seen)
+            store.insert_dead(dead)
+            store.add_counters({"messages": accepted, "duplicates": duplicates, "dead_letters": len(dead),
+                                "readings": new})
+            self.hooks.on_readings(store, readings, now_ms)
+            for batch in polls:
+                if batch.status:
+                    self.hooks.on_status(store, batch, now_ms)
+            results: list[tuple[_Job, Any, BaseException | None]] = []
+            for job in jobs:
+                if job.fn is None:
+                    results.append((job, None, None))
+                    continue
+                store.conn.execute("SAVEPOINT job")
+                try:
+                    results.append((job, job.fn(store), None))
+                except Exception as exc:  # an API action that fails changes nothing and keeps the batch
+                    store.conn.execute("ROLLBACK TO job")
+                    results.append((job, None, exc))
+                store.conn.execute("RELEASE job")
+            if tick:
+                self.hooks.on_tick(store, now_ms)
+        for source, tokens in acks.items():
+            ack = self._acks.get(source)
+            if ack is not None:
+                ack(tokens)
+        for job, value, err in results:
+            if err is not None:
+                job.future.set_exception(err)
+            else:
+                job.future.set_result(value)
+        st = self._stage
+        st.last_error = None
+        st.beat(self._inbox.qsize())
+        st.count("batches")
+        st.count("messages", accepted)
+        if tick and time.monotonic() - self._last_prune > self._retention.every_s:
+            self._last_prune = time.monotonic()
+            self._prune(now_ms)
+
+    def _prune(self, now_ms: int) -> None:
+        day = 86_400_000
+        r = self._retention
+        n = self.store.prune(readings_before_ms=now_ms - int(r.readings_days * day),
+                             messages_before_ms=now_ms - int(r.messages_days * day),
+                             dead_before_ms=now_ms - int(r.dead_letters_days * day))
+        if n:
+            logger.info("retention: pruned %d old rows", n)

@@ -1,0 +1,87 @@
+"""From a raw MQTT message to readings or a dead letter: topic → profile → device → decoder. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import DecodeError
+from gateway.models import DeadLetter, RawMessage, Reading
+from gateway.normalize.json_decoder import JsonDecoder
+from gateway.profiles.loader import Catalog
+
+__all__ = ["Decoded", "MqttNormalizer", "TopicPattern"]
+
+
+class TopicPattern:
+    """A profile's topic pattern, ``fire/{site_id}/btn/{device_id}/up``, compiled."""
+
+    def __init__(self, pattern: str, profile: str) -> None:
+        self.pattern = pattern
+        self.profile = profile
+        levels = pattern.split("/")
+        self.levels = len(levels)
+        self.literals = tuple((i, lvl) for i, lvl in enumerate(levels) if not lvl.startswith("{"))
+        self.variables = tuple((i, lvl[1:-1]) for i, lvl in enumerate(levels) if lvl.startswith("{"))
+        self.device_index = next(i for i, name in self.variables if name == "device_id")
+        self.subscription = "/".join("+" if lvl.startswith("{") else lvl for lvl in levels)
+
+    def match(self, levels: list[str]) -> dict[str, str] | None:
+        if len(levels) != self.levels:
+            return None
+        for i, lit in self.literals:
+            if levels[i] != lit:
+                return None
+        return {name: levels[i] for i, name in self.variables}
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What one raw message became: readings, or a dead letter."""
+
+    readings: list[Reading]
+    dead: DeadLetter | None
+    device_id: str | None
+    device_time: bool = False  # the payload carried its own time: identical bytes mean the same reading
+
+
+class MqttNormalizer:
+    """Routes MQTT messages to their device's decoder."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.patterns = [TopicPattern(p.mqtt.topic, name) for name, p in catalog.profiles.items()
+                         if p.mqtt is not None]
+        self._decoders = {name: JsonDecoder(p) for name, p in catalog.profiles.items() if p.mqtt is not None}
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return sorted({p.subscription for p in self.patterns})
+
+    def _dead(self, raw: RawMessage, reason: str, device_id: str | None = None) -> Decoded:
+        return Decoded([], DeadLetter(raw.source, raw.address, raw.payload, reason, raw.received_at_ms, device_id),
+                       device_id)
+
+    def normalize(self, raw: RawMessage) -> Decoded:
+        levels = raw.address.split("/")
+        for pat in self.patterns:
+            found = pat.match(levels)
+            if found is None:
+                continue
+            device_id = found["device_id"]
+            device = self.catalog.devices.get(device_id)
+            if device is None:
+                return self._dead(raw, f"unknown device {device_id!r}: not in the inventory", device_id)
+            if device.profile != pat.profile:
+                return self._dead(raw, f"device {device_id!r} has profile {device.profile!r}, but the topic "
+                                       f"matches profile {pat.profile!r}", device_id)
+            site = found.get("site_id")
+            if site is not None and site != device.site_id:
+                return self._dead(raw, f"topic names site {site!r}, but device {device_id!r} belongs to "
+                                       f"site {device.site_id!r}", device_id)
+            try:
+                readings, timed = self._decoders[pat.profile].decode_timed(raw.payload, device.site_id,
+                                                                           device_id, raw.received_at_ms)
+            except DecodeError as exc:
+                return self._dead(raw, str(exc), device_id)
+            return Decoded(readings, None, device_id, timed)
+        return self._dead(raw, "topic matches no profile's topic pattern")

@@ -1,0 +1,105 @@
+"""Wires the gateway: catalog → store → committer → sources, supervised, with a clean shutdown.
+
+``Gateway.run`` returns when asked to stop (SIGINT/SIGTERM in ``firegw run``) after everything
+received has been committed and acknowledged, or early with an error a person can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from gateway.committer import Committer, Hooks, RetentionPolicy
+from gateway.errors import FiregwError
+from gateway.health import Health
+from gateway.profiles.loader import Catalog, load_catalog
+from gateway.settings import GatewaySettings
+from gateway.sources.base import PollBatch
+from gateway.sources.mqtt import MqttSource
+from gateway.store.sqlite import Store
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger(__name__)
+
+HookFactory = Callable[[Catalog, GatewaySettings], Hooks]
+
+
+class Gateway:
+    """One gateway process."""
+
+    def __init__(self, settings: GatewaySettings, *, hooks_factory: HookFactory | None = None) -> None:
+        self.settings = settings
+        self.health = Health()
+        self.catalog = load_catalog(settings.profiles_dir, settings.inventory)  # fails fast on bad files
+        self._hooks_factory = hooks_factory
+        self.store: Store | None = None
+        self.committer: Committer | None = None
+        self.mqtt: MqttSource | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        store = self.store = Store(s.store.path, synchronous=s.store.synchronous).open()
+        hooks = self._hooks_factory(self.catalog, s) if self._hooks_factory else None
+        committer = self.committer = Committer(
+            store=store, catalog=self.catalog, health=self.health, inbox_size=s.pipeline.inbox_size,
+            max_batch=s.pipeline.max_batch, tick_s=s.pipeline.tick_s, hooks=hooks,
+            retention=RetentionPolicy(readings_days=s.store.retention_days, messages_days=s.store.dedup_days,
+                                      dead_letters_days=s.store.dead_letter_days))
+        committer.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            subs = committer.normalizer.subscriptions
+            if s.mqtt.enabled and subs:
+                self.mqtt = MqttSource(s.mqtt, subscriptions=subs, sink=committer, health=self.health)
+                committer.register_source(self.mqtt.name, self.mqtt.ack)
+                await asyncio.to_thread(self.mqtt.start)
+                logger.info("mqtt: subscribed to %s", ", ".join(subs))
+            modbus = self._modbus_source(committer)
+            if modbus is not None:
+                tasks.append(asyncio.create_task(modbus(), name="modbus"))
+            self.ready.set()
+            logger.info("firegw: ready (%d sites, %d devices, %d profiles)", len(self.catalog.sites),
+                        len(self.catalog.devices), len(self.catalog.profiles))
+            await self._supervise(stop, tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            # Stop taking messages, commit and acknowledge what was taken, then disconnect.
+            await asyncio.to_thread(committer.stop)
+            if self.mqtt is not None:
+                await asyncio.to_thread(self.mqtt.stop)
+            store.close()
+            logger.info("gateway stopped")
+
+    def _modbus_source(self, committer: Committer) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        has_modbus = any(p.transport == "modbus" for p in self.catalog.profiles.values()) and any(
+            d.modbus is not None for d in self.catalog.inventory.devices)
+        if not has_modbus:
+            return None
+        from gateway.sources.modbus import ModbusSource
+
+        async def commit(batch: PollBatch) -> None:
+            await asyncio.wrap_future(committer.submit(batch))
+
+        source = ModbusSource(catalog=self.catalog, commit=commit, health=self.health)
+        return source.run
+
+    async def _supervise(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if self.committer is not None and self.committer.fatal is not None:
+                raise FiregwError(f"committer failed: {self.committer.fatal!r}")
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise FiregwError(f"{t.get_name()} failed: {t.exception()!r}")
+
+

@@ -1,0 +1,1 @@
+"""Sources: the only modules that touch the MQTT and Modbus libraries, behind one interface."""

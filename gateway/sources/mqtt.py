@@ -1,0 +1,199 @@
+"""The MQTT source (paho-mqtt 2.x): QoS 1, persistent session, acknowledgement after commit.
+
+This is the only module that imports paho. Messages go to the committer's bounded inbox from
+paho's network thread; the committer calls :meth:`MqttSource.ack` once what they produced is
+committed (paho ``manual_ack``). While the inbox is full the network thread waits, so the broker
+holds the rest of the session's messages rather than anyone dropping them.
+
+Reconnects use a capped, jittered exponential backoff and resubscribe on every connect. A broker
+whose certificate does not verify, or that refuses the credentials, on the *first* connection is a
+configuration error (:class:`AuthenticationFailed`): the gateway stops with that message rather
+than retrying forever in silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.errors import AuthenticationFailed
+from gateway.health import Health
+from gateway.models import RawMessage
+from gateway.settings import MqttSettings
+from gateway.sources.base import RawSink
+
+__all__ = ["MqttSource"]
+
+logger = logging.getLogger(__name__)
+
+_AUTH_CODES = {"Bad user name or password", "Not authorized", "Bad username or password",
+               "Client identifier not valid", "Banned"}
+
+
+class MqttSource:
+    """Subscribes to the profiles' topic patterns and feeds the committer."""
+
+    def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
+                 name: str = "mqtt") -> None:
+        if not subscriptions:
+            raise ValueError("no topic to subscribe to: no MQTT profile is loaded")
+        self.name = name
+        self._settings = settings
+        self._subscriptions = subscriptions
+        self._sink = sink
+        self._stage = health.stage(f"source:{name}", stall_after_s=60.0)
+        self._stage.connected = False
+        self._client: Any = None
+        self._stopping = False
+        self._ever_connected = False
+        self._first_result = threading.Event()
+        self.fatal: AuthenticationFailed | None = None
+        self.received = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _build(self) -> Any:
+        s = self._settings
+        protocol = MQTTProtocolVersion.MQTTv5 if s.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        kwargs: dict[str, Any] = {"callback_api_version": CallbackAPIVersion.VERSION2, "client_id": s.client_id,
+                                  "protocol": protocol, "manual_ack": True}
+        if protocol == MQTTProtocolVersion.MQTTv311:
+            kwargs["clean_session"] = False
+        client = paho.Client(**kwargs)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None,
+                               certfile=str(s.cert_file) if s.cert_file else None,
+                               keyfile=str(s.key_file) if s.key_file else None,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise AuthenticationFailed(f"cannot load TLS files: {exc}", source=self.name) from exc
+            if s.tls_insecure:
+                client.tls_insecure_set(True)
+        client.reconnect_delay_set(min_delay=s.reconnect_min_s, max_delay=s.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if self._settings.protocol != "5":
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._settings.session_expiry_s
+        props.ReceiveMaximum = self._settings.receive_maximum
+        return props
+
+    def start(self, first_connect_timeout_s: float = 10.0) -> None:
+        """Connect (in the background if the broker is not up yet) and start receiving.
+
+        Raises AuthenticationFailed when the broker's certificate does not verify or the broker
+        refuses the credentials.
+        """
+        s = self._settings
+        self._client = client = self._build()
+        kwargs: dict[str, Any] = {"keepalive": s.keepalive_s}
+        if s.protocol == "5":
+            kwargs["clean_start"] = False
+            kwargs["properties"] = self._connect_properties()
+        try:
+            client.connect(s.host, s.port, **kwargs)
+        except ssl.SSLCertVerificationError as exc:
+            raise AuthenticationFailed(f"broker {s.host}:{s.port}: certificate does not verify: "
+                                       f"{exc.verify_message or exc}", source=self.name) from exc
+        except ssl.SSLError as exc:
+            raise AuthenticationFailed(f"broker {s.host}:{s.port}: TLS handshake failed: {exc}",
+                                       source=self.name) from exc
+        except OSError as exc:
+            logger.warning("mqtt: broker %s:%s not reachable yet (%s); retrying in the background",
+                           s.host, s.port, exc)
+            self._stage.set_connected(False, f"connect failed: {exc}")
+            client.connect_async(s.host, s.port, **kwargs)
+        client.loop_start()
+        if self._first_result.wait(first_connect_timeout_s) and self.fatal is not None:
+            self.stop()
+            raise self.fatal
+
+    def stop(self) -> None:
+        """Disconnect after the acknowledgements already queued have been sent."""
+        self._stopping = True
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.disconnect()
+        except Exception:  # paho may raise on a socket already gone; nothing is left to flush then
+            logger.debug("mqtt: disconnect failed", exc_info=True)
+        client.loop_stop()
+        self._client = None
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def ack(self, tokens: list[object]) -> None:
+        client = self._client
+        if client is None:
+            return
+        for tok in tokens:
+            mid, qos = tok  # type: ignore[misc]
+            assert isinstance(mid, int) and isinstance(qos, int)
+            if qos:
+                client.ack(mid, qos)
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            text = str(reason_code)
+            msg = f"broker {self._settings.host}:{self._settings.port} refused the connection: {text}"
+            self._stage.set_connected(False, msg)
+            if text in _AUTH_CODES and not self._ever_connected:
+                self.fatal = AuthenticationFailed(msg, source=self.name)
+                logger.error("mqtt: %s", msg)
+                self._first_result.set()
+                client.disconnect()
+            return
+        self._ever_connected = True
+        session = bool(getattr(flags, "session_present", False))
+        logger.info("mqtt: connected to %s:%s (session present: %s)", self._settings.host,
+                    self._settings.port, session)
+        client.subscribe([(t, 1) for t in self._subscriptions])
+        self._stage.set_connected(True)
+        self._first_result.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        if bad:
+            self._stage.last_error = f"subscription refused: {', '.join(bad)}"
+            logger.error("mqtt: subscription refused by the broker: %s", ", ".join(bad))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self._stopping:
+            self._stage.connected = False
+            return
+        s = self._settings
+        # Jitter: each disconnect draws a new base delay, so a fleet of gateways does not reconnect
+        # in lock-step after a broker restart. paho doubles it up to the cap.
+        client.reconnect_delay_set(min_delay=s.reconnect_min_s * random.uniform(0.5, 1.5),
+                                   max_delay=s.reconnect_max_s)
+        self._stage.set_connected(False, f"disconnected: {reason_code}")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        raw = RawMessage(self.name, msg.topic, msg.payload, int(time.time() * 1000), (msg.mid, msg.qos), msg.dup)
+        if self._sink.put(raw):
+            self.received += 1
+            self._stage.beat()
+
+

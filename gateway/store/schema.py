@@ -1,0 +1,66 @@
+"""The embedded store's schema, versioned. Each entry of MIGRATIONS moves the schema up one version."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: list[str] = [
+    # v1: readings, device state, dead letters, message ids for idempotent redelivery, counters
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    -- One row per message accepted or dead-lettered, keyed by a hash of topic and payload, so a
+    -- redelivered message (MQTT DUP, or a publisher retry after a broker restart) adds nothing.
+    CREATE TABLE messages (
+        hash BLOB PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        dead INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_received ON messages(received_at);
+    -- seq orders readings for the forwarder's cursor; (device_id, metric, ts) makes them idempotent.
+    CREATE TABLE readings (
+        seq INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        value,
+        unit TEXT NOT NULL,
+        quality TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        site_id TEXT NOT NULL,
+        urgent INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX readings_key ON readings(device_id, metric, ts);
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        site_id TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'online',
+        status_since INTEGER,
+        status_reason TEXT,
+        link TEXT
+    );
+    CREATE TABLE latest (
+        device_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value,
+        unit TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        quality TEXT NOT NULL,
+        PRIMARY KEY (device_id, metric)
+    ) WITHOUT ROWID;
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        address TEXT NOT NULL,
+        device_id TEXT,
+        reason TEXT NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE INDEX dead_letters_at ON dead_letters(at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,260 @@
+"""The embedded store: SQLite in WAL mode (design.md §2, §4).
+
+One :class:`Store` per connection. The committer thread owns the only writing connection; the CLI
+and the API open their own connections for reading (WAL lets readers run beside the writer).
+Everything a batch produced is written inside one transaction (:meth:`Store.transaction`), so a
+message is acknowledged to its source only once all its effects are on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+from gateway.models import DeadLetter, Reading, Value
+from gateway.sources.base import DeviceStatusChange
+from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["Store", "StoredReading"]
+
+logger = logging.getLogger(__name__)
+
+Synchronous = Literal["normal", "full"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    seq: int
+    site_id: str
+    device_id: str
+    metric: str
+    value: Value
+    unit: str
+    ts_ms: int
+    received_at_ms: int
+    quality: str
+    urgent: bool
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """A connection to the embedded store."""
+
+    def __init__(self, path: Path | str, *, synchronous: Synchronous = "full", readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> Store:
+        if self._readonly and not self.path.exists():
+            raise ConfigError(f"{self.path}: store.path: no store here (has the gateway run?)")
+        if not self._readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{self.path}: store.path: cannot open the store: {exc}") from exc
+        self._conn = conn
+        if not self._readonly:
+            self._migrate()
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return self._conn
+
+    def _migrate(self) -> None:
+        conn = self.conn
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"{self.path}: store.path: schema version {version} is newer than this "
+                              f"firegw ({SCHEMA_VERSION}); upgrade firegw")
+        for v in range(version, SCHEMA_VERSION):
+            script = MIGRATIONS[v]
+            if v == 0:
+                script = script.replace("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);", "")
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n"
+                                   f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{v + 1}');\nCOMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            logger.info("store %s: schema migrated to version %d", self.path, v + 1)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writes (inside a transaction)
+
+    def claim_message(self, digest: bytes, received_at_ms: int, dead: bool) -> bool:
+        """Record a message id; False when it was already recorded (a redelivery)."""
+        cur = self.conn.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)",
+                                (digest, received_at_ms, 1 if dead else 0))
+        return cur.rowcount == 1
+
+    def insert_readings(self, readings: Sequence[Reading]) -> int:
+        """Insert readings idempotently; returns how many were new."""
+        if not readings:
+            return 0
+        cur = self.conn.executemany(
+            "INSERT OR IGNORE INTO readings (device_id, metric, ts, value, unit, quality, received_at, site_id,"
+            " urgent) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(r.device_id, r.metric, r.ts_ms, r.value, r.unit, r.quality.value, r.received_at_ms, r.site_id,
+              1 if r.urgent else 0) for r in readings])
+        return cur.rowcount
+
+    def update_state(self, readings: Sequence[Reading], seen: dict[str, tuple[str, int]]) -> None:
+        """Latest value per (device, metric) and last seen per device (``seen``: device → (site, ms))."""
+        if readings:
+            last: dict[tuple[str, str], Reading] = {}
+            for r in readings:
+                prev = last.get((r.device_id, r.metric))
+                if prev is None or r.ts_ms >= prev.ts_ms:
+                    last[(r.device_id, r.metric)] = r
+            self.conn.executemany(
+                "INSERT INTO latest VALUES (?,?,?,?,?,?) ON CONFLICT(device_id, metric) DO UPDATE SET "
+                "value=excluded.value, unit=excluded.unit, ts=excluded.ts, quality=excluded.quality "
+                "WHERE excluded.ts >= latest.ts",
+                [(r.device_id, r.metric, r.value, r.unit, r.ts_ms, r.quality.value) for r in last.values()])
+        if seen:
+            self.conn.executemany(
+                "INSERT INTO devices (device_id, site_id, first_seen, last_seen) VALUES (?,?,?,?) "
+                "ON CONFLICT(device_id) DO UPDATE SET last_seen=max(last_seen, excluded.last_seen), "
+                "site_id=excluded.site_id",
+                [(dev, site, ms, ms) for dev, (site, ms) in seen.items()])
+
+    def set_status(self, changes: Iterable[DeviceStatusChange], sites: dict[str, str]) -> None:
+        for ch in changes:
+            self.conn.execute(
+                "INSERT INTO devices (device_id, site_id, first_seen, last_seen, status, status_since, "
+                "status_reason, link) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET "
+                "status=excluded.status, status_since=excluded.status_since, "
+                "status_reason=excluded.status_reason, link=excluded.link",
+                (ch.device_id, sites.get(ch.device_id, ""), ch.at_ms, ch.at_ms if ch.status == "online" else 0,
+                 ch.status, ch.at_ms, ch.reason, ch.link))
+
+    def insert_dead(self, dead: Sequence[DeadLetter]) -> None:
+        if dead:
+            self.conn.executemany(
+                "INSERT INTO dead_letters (at, source, address, device_id, reason, payload) VALUES (?,?,?,?,?,?)",
+                [(d.received_at_ms, d.source, d.address, d.device_id, d.reason, d.payload) for d in dead])
+
+    def add_counters(self, deltas: dict[str, int]) -> None:
+        items = [(k, v) for k, v in deltas.items() if v]
+        if items:
+            self.conn.executemany(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                items)
+
+    def prune(self, *, readings_before_ms: int, messages_before_ms: int, dead_before_ms: int,
+              limit: int = 50_000) -> int:
+        """Delete old rows (retention), at most ``limit`` per table per call; returns rows deleted."""
+        n = 0
+        with self.transaction() as c:
+            n += c.execute("DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE ts < ? LIMIT ?)",
+                           (readings_before_ms, limit)).rowcount
+            n += c.execute("DELETE FROM messages WHERE hash IN (SELECT hash FROM messages WHERE received_at < ? "
+                           "LIMIT ?)", (messages_before_ms, limit)).rowcount
+            n += c.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE at < ? "
+                           "LIMIT ?)", (dead_before_ms, limit)).rowcount
+        return n
+
+    # ------------------------------------------------------------------ reads
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.conn.execute("SELECT name, value FROM counters")}
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters()
+        q = self.conn.execute
+        return {
+            "messages": c.get("messages", 0),
+            "duplicates": c.get("duplicates", 0),
+            "readings": c.get("readings", 0),
+            "readings_stored": q("SELECT count(*) FROM readings").fetchone()[0],
+            "dead_letters": c.get("dead_letters", 0),
+            "devices_seen": q("SELECT count(*) FROM devices WHERE last_seen > 0").fetchone()[0],
+            "devices_unreachable": q("SELECT count(*) FROM devices WHERE status='unreachable'").fetchone()[0],
+        }
+
+    def readings(self, device_id: str, *, metric: str | None = None, since_ms: int | None = None,
+                 until_ms: int | None = None, limit: int = 1000) -> list[StoredReading]:
+        sql = ("SELECT seq, site_id, device_id, metric, value, unit, ts, received_at, quality, urgent "
+               "FROM readings WHERE device_id = ?")
+        args: list[Any] = [device_id]
+        if metric is not None:
+            sql += " AND metric = ?"
+            args.append(metric)
+        if since_ms is not None:
+            sql += " AND ts >= ?"
+            args.append(since_ms)
+        if until_ms is not None:
+            sql += " AND ts < ?"
+            args.append(until_ms)
+        sql += " ORDER BY ts DESC, metric LIMIT ?"
+        args.append(limit)
+        rows = self.conn.execute(sql, args).fetchall()
+        return [StoredReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+                for r in reversed(rows)]
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT id, at, source, address, device_id, reason, payload FROM dead_letters "
+                                 "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{"id": r[0], "at_ms": r[1], "source": r[2], "address": r[3], "device_id": r[4], "reason": r[5],
+                 "payload": bytes(r[6]).decode("utf-8", "replace")} for r in rows]
+
+    def devices(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT device_id, site_id, first_seen, last_seen, status, status_since, "
+                                 "status_reason, link FROM devices ORDER BY device_id").fetchall()
+        latest: dict[str, dict[str, Any]] = {}
+        for dev, metric, value, unit, ts, quality in self.conn.execute(
+                "SELECT device_id, metric, value, unit, ts, quality FROM latest"):
+            latest.setdefault(dev, {})[metric] = {"value": value, "unit": unit, "ts_ms": ts, "quality": quality}
+        return [{"device_id": r[0], "site_id": r[1], "first_seen_ms": r[2], "last_seen_ms": r[3],
+                 "status": r[4], "status_since_ms": r[5], "status_reason": r[6], "link": r[7],
+                 "latest": latest.get(r[0], {})} for r in rows]
+
+
+def now_ms() -> int:
+    return _now_ms()

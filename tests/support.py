@@ -1,0 +1,120 @@
+"""Test support: wait on conditions with deadlines, run the gateway as a real process, read its store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.store.sqlite import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "device_profiles"
+PYTHON = sys.executable
+T = TypeVar("T")
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``cond`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: T = cond()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+        last = cond()
+    return last
+
+
+def store_stats(db: Path) -> dict[str, Any]:
+    if not db.exists():
+        return {}
+    with Store(db, readonly=True) as s:
+        return s.stats()
+
+
+def run_fleet(broker_url: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    out = subprocess.run([PYTHON, "-m", "simulators", "fleet", "--broker", broker_url, "--quiet", *args],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=True)
+    summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return summary
+
+
+def write_inventory(path: Path, devices: int, seed: int = 1) -> None:
+    subprocess.run([PYTHON, "-m", "simulators", "fleet", "--devices", str(devices), "--seed", str(seed),
+                    "--write-inventory", str(path), "--duration", "0"], check=True, cwd=ROOT,
+                   capture_output=True)
+
+
+@dataclass
+class GatewayProc:
+    """``firegw run`` as a real process, configured by environment like an operator would."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+    runs: int = 0
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "gateway.log"
+
+    @property
+    def db(self) -> Path:
+        return Path(self.env.get("FIREGW_STORE__PATH", str(self.workdir / "firegw.db")))
+
+    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> GatewayProc:
+        env = {**os.environ, "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
+               "FIREGW_PROFILES_DIR": str(PROFILES), "FIREGW_PIPELINE__TICK_S": "0.2", **self.env}
+        self.runs += 1
+        log = self.log_path.open("ab")
+        log.write(f"---- run {self.runs}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen([PYTHON, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        if wait_ready:
+            marker = f"---- run {self.runs}"
+            wait_for(lambda: self._ready(marker), timeout, "gateway ready")
+        return self
+
+    def _ready(self, marker: str) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        text = self.log()
+        return "firegw: ready" in text[text.rfind(marker):]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"gateway did not stop within {timeout}s:\n{self.log()[-2000:]}") from None
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
