@@ -177,6 +177,65 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workflow_rows(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
+    from gateway.store.workflow import WorkflowStore, public_subject
+
+    with _store(_settings(args)) as store:
+        ws = WorkflowStore(store.conn)
+        rows = (ws.fire_events if kind == "fire_event" else ws.hazards)(
+            open_only=args.open, site_id=args.site, limit=args.limit)
+        out = []
+        for r in rows:
+            pub = public_subject(kind, r)
+            if args.trail:
+                pub["trail"] = ws.trail(kind, r["fire_event_id" if kind == "fire_event" else "hazard_id"])
+            out.append(pub)
+        return out
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    rows = _workflow_rows(args, "fire_event")
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            where = " ".join(x for x in (r.get("building"), r.get("floor") and f"{r['floor']}F") if x)
+            print(f"{r['opened_at']}  {r['state']:<12} {r['site_id']:<22} {r['device_id']:<16} {where:<12} "
+                  f"{r['station']}")
+    return 0
+
+
+def cmd_hazards(args: argparse.Namespace) -> int:
+    rows = _workflow_rows(args, "hazard")
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['opened_at']}  {r['state']:<10} {r['severity']:<8} {r['tier']:<12} {r['site_id']:<22} "
+                  f"{r['device_id']:<16} {r['title_zh']} / {r['title_en']}  x{r['count']}")
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from gateway.profiles.loader import load_catalog
+    from gateway.sites import site_summaries
+    from gateway.store.workflow import WorkflowStore
+
+    settings = _settings(args)
+    catalog = load_catalog(settings.profiles_dir, settings.inventory)
+    with _store(settings) as store:
+        rows = site_summaries(catalog, WorkflowStore(store.conn), int(time.time() * 1000))
+    if args.site:
+        rows = [r for r in rows if r["site_id"] == args.site]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['code']:<7} {r['site_id']:<24} {r['name']:<24} hazards {r['hazards_open']:<3} "
+                  f"next inspection {r['next_inspection_due']}  {r['reason_zh']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- demo
 
 
@@ -229,6 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_readings)
+
+    for name, fn, help_text in (("events", cmd_events, "fire events (警情) from the embedded store"),
+                                ("hazards", cmd_hazards, "hazards (隐患) from the embedded store")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--open", action="store_true", help="only the ones not resolved / closed")
+        p.add_argument("--site")
+        p.add_argument("--trail", action="store_true", help="include every transition")
+        p.add_argument("--limit", type=int, default=1000)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("sites", help="sites with their red / yellow / green code and next inspection due")
+    p.add_argument("--site")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_sites)
 
     p = sub.add_parser("dead-letters", help="input that could not be used, with the reason")
     p.add_argument("--limit", type=int, default=100)

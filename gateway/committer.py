@@ -71,6 +71,9 @@ class Hooks:
     def on_tick(self, store: Store, now_ms: int) -> None:
         return None
 
+    def on_stop(self, store: Store, now_ms: int) -> None:
+        return None
+
 
 class Committer:
     """Owns the writing store connection; see the module docstring."""
@@ -175,6 +178,11 @@ class Committer:
                 next_tick = time.monotonic() + self._tick_s
             if items or tick:
                 self._process_with_retry(items, tick, stop)
+        try:
+            with self.store.transaction():
+                self.hooks.on_stop(self.store, int(time.time() * 1000))
+        except Exception:
+            logger.exception("committer: saving state at shutdown failed")
         logger.info("committer: stopped with everything taken committed")
 
     def _process_with_retry(self, items: list[RawMessage | _Job], tick: bool, stopping: bool) -> None:
@@ -219,18 +227,25 @@ class Committer:
                 jobs.append(it)
         polls = [j.batch for j in jobs if j.batch is not None]
         with store.transaction():
-            for raw in raws:
+            blake = hashlib.blake2b
+            digests = [blake(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest() for raw in raws]
+            known = store.known_messages(digests) if raws else set()
+            batch_seen: set[bytes] = set()
+            records: list[tuple[bytes, int, int]] = []
+            for raw, digest in zip(raws, digests, strict=True):
                 if raw.token is not None:
                     acks.setdefault(raw.source, []).append(raw.token)
                 decoded = self.normalizer.normalize(raw)
-                digest = hashlib.blake2b(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest()
                 # A message seen before is a redelivery when the source says so (MQTT DUP) or when it
                 # carries its own time (same bytes, same reading). Identical untimed payloads that are
                 # not redeliveries (a bare heartbeat) are new messages: their readings take receive time.
-                first = store.claim_message(digest, raw.received_at_ms, decoded.dead is not None)
-                if not first and (raw.redelivered or decoded.device_time):
+                seen_before = digest in known or digest in batch_seen
+                if seen_before and (raw.redelivered or decoded.device_time):
                     duplicates += 1
                     continue
+                if not seen_before:
+                    batch_seen.add(digest)
+                    records.append((digest, raw.received_at_ms, 1 if decoded.dead is not None else 0))
                 if decoded.dead is not None:
                     dead.append(decoded.dead)
                     continue
@@ -238,6 +253,7 @@ class Committer:
                 readings.extend(decoded.readings)
                 if decoded.device_id is not None:
                     seen[decoded.device_id] = (self._device_sites.get(decoded.device_id, ""), raw.received_at_ms)
+            store.record_messages(records)
             for batch in polls:
                 readings.extend(batch.readings)
                 dead.extend(batch.dead)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -35,16 +36,23 @@ class Gateway:
         self.settings = settings
         self.health = Health()
         self.catalog = load_catalog(settings.profiles_dir, settings.inventory)  # fails fast on bad files
+        gc.freeze()  # the catalog and its compiled tables live for the process: keep them out of GC passes
         self._hooks_factory = hooks_factory
         self.store: Store | None = None
         self.committer: Committer | None = None
         self.mqtt: MqttSource | None = None
+        self.workflow: Any = None
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         store = self.store = Store(s.store.path, synchronous=s.store.synchronous).open()
-        hooks = self._hooks_factory(self.catalog, s) if self._hooks_factory else None
+        if self._hooks_factory is not None:
+            hooks: Hooks = self._hooks_factory(self.catalog, s)
+        else:
+            from gateway.workflow_hooks import WorkflowHooks
+
+            hooks = self.workflow = WorkflowHooks(self.catalog, self.health)
         committer = self.committer = Committer(
             store=store, catalog=self.catalog, health=self.health, inbox_size=s.pipeline.inbox_size,
             max_batch=s.pipeline.max_batch, tick_s=s.pipeline.tick_s, hooks=hooks,

@@ -40,6 +40,7 @@ DOMAIN_NAMES = {"industrial": "工业企业", "village_property": "村级物业"
 MIX = [("onekey-alarm-button", "button", 0.3), ("nbiot-smoke-detector", "smoke", 0.3),
        ("pipe-pressure-sensor", "pressure", 0.15), ("pipe-pressure-sensor-unit", "pressure-u", 0.05),
        ("water-level-sensor", "level", 0.1), ("micro-station-terminal", "duty", 0.1)]
+MAX_OUTSTANDING = 20_000
 MALFORMED_KINDS = ["bad_json", "wrong_type", "missing_field", "out_of_range", "unknown_device", "oversized"]
 
 
@@ -217,6 +218,10 @@ class Fleet:
                 self._count(info)
 
     def publish(self, topic: str, payload: bytes, *, bad: bool, readings: int, kind: str) -> None:
+        # Bound what is outstanding: paho's message ids wrap at 65535, and a publisher that runs
+        # ahead of its acknowledgements would reuse an id still waiting for its PUBACK.
+        while len(self._pending) >= MAX_OUTSTANDING:
+            time.sleep(0.001)
         msg = self._client.publish(topic, payload, qos=1)  # not under self._lock: paho locks too
         with self._lock:
             self.published += 1

@@ -4,7 +4,6 @@ it lists, the shipped JSON Schema is current, and the README's configuration blo
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -30,7 +29,7 @@ def _parse_expected(block: str) -> list[tuple[str, object, str, str]]:
         name, _, rest = line.partition(" = ")
         parts = rest.split()
         raw = parts[0]
-        value: object = {"true": True, "false": False}.get(raw, None)
+        value: object = {"true": True, "false": False}.get(raw)
         if value is None:
             value = float(raw) if "." in raw else int(raw)
         unit = parts[1] if len(parts) > 1 and parts[1] not in ("good", "suspect") else ""
@@ -46,7 +45,7 @@ def test_readme_example_decodes_to_documented_readings(profile: str, payload: st
     got = [(r.metric, r.value, r.unit, r.quality.value) for r in readings]
     want = _parse_expected(expected)
     assert [g[0] for g in got] == [w[0] for w in want]
-    for (gm, gv, gu, gq), (wm, wv, wu, wq) in zip(got, want, strict=True):
+    for (gm, gv, gu, gq), (_wm, wv, wu, wq) in zip(got, want, strict=True):
         assert (gu, gq) == (wu, wq), gm
         assert type(gv) is type(wv), gm
         assert gv == pytest.approx(wv) if isinstance(wv, float) else gv == wv, gm
@@ -84,3 +83,20 @@ def test_shipped_profiles_and_example_inventory_check_clean() -> None:
     assert check_paths([PROFILES, ROOT / "examples" / "inventory.yaml"]) == []
 
 
+
+
+def test_readme_register_dump_decodes_as_documented() -> None:
+    from gateway.normalize.registers import decode_dump
+
+    text = (PROFILES / "README.md").read_text(encoding="utf-8")
+    part = text.split("### Worked example: a cabinet register dump", 1)[1]
+    dump = re.search(r"```\n(.*?)\n```", part, re.S)
+    assert dump is not None
+    got = {r.metric: r.value for r in decode_dump(load_profile(PROFILES / "fire-pump-cabinet.yaml"), dump.group(1), 0)}
+    assert got["pump1_run"] is True and got["pump2_run"] is False and got["jockey_run"] is True
+    assert (got["pump1_mode"], got["pump2_mode"], got["jockey_mode"]) == (1, 0, 1)
+    assert got["outlet_pressure"] == pytest.approx(0.538)
+    assert "suction_pressure" not in got  # sentinel 0x8000: no value
+    assert got["voltage_l1_l2"] == pytest.approx(380.5)
+    assert (got["inspection_runs"], got["jockey_starts"], got["pump1_run_time"]) == (52, 1234, 7200)
+    assert got["last_start_time"] == pytest.approx(41.25)

@@ -20,9 +20,9 @@ def _gateway(tmp_path: Path, broker: Mosquitto, devices: int, **env: str) -> Gat
 
 
 def _settled(gw: GatewayProc, sent: int) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
+    def done() -> dict[str, Any]:
         st = store_stats(gw.db)
-        return st if st and st["messages"] + st["dead_letters"] >= sent else None
+        return st if st and st["messages"] + st["dead_letters"] >= sent else {}
     return wait_for(done, 60, f"{sent} messages accounted for in {gw.db}")
 
 

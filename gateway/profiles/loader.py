@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.errors import ConfigError
 from gateway.profiles.models import Device, Inventory, Profile, Site
+from gateway.rules.spec import validate_rules
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -96,6 +97,7 @@ def load_profiles(paths: Iterable[Path]) -> tuple[dict[str, Profile], dict[str, 
             problems.append(f"{path}: profile: name {prof.profile!r} is already used by {files[prof.profile]}")
             continue
         problems.extend(f"{path}: {p}" for p in _check_registers(prof))
+        problems.extend(f"{path}: {p}" for p in validate_rules(prof.rules, prof))
         profiles[prof.profile] = prof
         files[prof.profile] = path
     return profiles, files, problems
@@ -160,6 +162,7 @@ def _check_inventory(inv: Inventory, profiles: dict[str, Profile], path: str) ->
         if prof is None:
             problems.append(f"{path}: devices[{i}].profile: unknown profile {d.profile!r}")
             continue
+        problems.extend(f"{path}: {p}" for p in validate_rules(d.rules, prof, where=f"devices[{i}].rules"))
         if prof.transport == "modbus" and d.modbus is None:
             problems.append(f"{path}: devices[{i}].modbus: profile {d.profile!r} is polled over Modbus; "
                             "the device needs a modbus: binding (host, port, unit)")

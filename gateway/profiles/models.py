@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.models import PointClass, Value
 from gateway.profiles.units import CANONICAL_UNITS, conversion, known_unit
+from gateway.rules.spec import RuleSpec, SiteRules
 
 __all__ = [
     "DOMAINS",
@@ -209,6 +210,7 @@ class Profile(_Model):
     mqtt: MqttProfile | None = None
     modbus: ModbusProfile | None = None
     points: list[Point] = Field(min_length=1)
+    rules: list[RuleSpec] = Field(default_factory=list, description="default rules for devices of this profile")
 
     @model_validator(mode="after")
     def _check(self) -> Profile:
@@ -267,6 +269,7 @@ class Site(_Model):
     address: str | None = None
     station: Station
     contacts: dict[Literal["grid_member", "supervisor", "enforcement"], str] = Field(default_factory=dict)
+    rules: SiteRules = Field(default_factory=SiteRules, description="site-level correlation rules")
 
 
 class ModbusDeviceBinding(_Model):
@@ -300,6 +303,8 @@ class Device(_Model):
     profile: str
     location: Location = Field(default_factory=Location)
     modbus: ModbusDeviceBinding | None = None
+    rules: list[RuleSpec] = Field(default_factory=list,
+                                  description="overrides: a rule with the same id replaces the profile's")
 
 
 class Inventory(_Model):

@@ -147,8 +147,9 @@ class MqttSource:
         if client is None:
             return
         for tok in tokens:
-            mid, qos = tok  # type: ignore[misc]
-            assert isinstance(mid, int) and isinstance(qos, int)
+            assert isinstance(tok, tuple)
+            mid: int = tok[0]
+            qos: int = tok[1]
             if qos:
                 client.ack(mid, qos)
 

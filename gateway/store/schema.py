@@ -61,6 +61,62 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX dead_letters_at ON dead_letters(at);
     """,
+    # v2: fire events, hazards, their immutable trail, the outbox, rule-engine state, site overrides
+    """
+    CREATE TABLE fire_events (
+        fire_event_id TEXT PRIMARY KEY,
+        site_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX fire_events_site ON fire_events(site_id, state);
+    CREATE TABLE hazards (
+        hazard_id TEXT PRIMARY KEY,
+        site_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    -- one open hazard per (site, device, rule), enforced by the database as well as the code
+    CREATE UNIQUE INDEX hazards_open_key ON hazards(site_id, device_id, rule) WHERE state <> 'closed';
+    CREATE INDEX hazards_site ON hazards(site_id, state);
+    CREATE TABLE workflow_events (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        subject_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        note TEXT NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    CREATE INDEX workflow_events_subject ON workflow_events(kind, subject_id, seq);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        delivered_at INTEGER,
+        last_error TEXT,
+        UNIQUE (destination, event_id)
+    );
+    CREATE INDEX outbox_pending ON outbox(destination, delivered_at, seq);
+    CREATE TABLE rule_state (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL, snapshot TEXT NOT NULL);
+    CREATE TABLE site_overrides (site_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE site_inspections (site_id TEXT PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

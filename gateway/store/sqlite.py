@@ -68,6 +68,8 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot b-trees stay in memory
+            conn.execute("PRAGMA mmap_size=268435456")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise ConfigError(f"{self.path}: store.path: cannot open the store: {exc}") from exc
@@ -126,6 +128,21 @@ class Store:
         conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ writes (inside a transaction)
+
+    def known_messages(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Which of these message ids are already recorded (one query for a whole batch)."""
+        found: set[bytes] = set()
+        for i in range(0, len(digests), 500):
+            chunk = digests[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self.conn.execute(f"SELECT hash FROM messages WHERE hash IN ({marks})",
+                                                             chunk))
+        return found
+
+    def record_messages(self, rows: Sequence[tuple[bytes, int, int]]) -> None:
+        """Record message ids (hash, received_at_ms, dead) idempotently."""
+        if rows:
+            self.conn.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", rows)
 
     def claim_message(self, digest: bytes, received_at_ms: int, dead: bool) -> bool:
         """Record a message id; False when it was already recorded (a redelivery)."""
@@ -201,6 +218,11 @@ class Store:
         return n
 
     # ------------------------------------------------------------------ reads
+
+    def workflow_stats(self) -> dict[str, int]:
+        from gateway.store.workflow import WorkflowStore
+
+        return WorkflowStore(self.conn).counts()
 
     def counters(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.conn.execute("SELECT name, value FROM counters")}

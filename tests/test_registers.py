@@ -1,0 +1,383 @@
+"""Register codecs and read planning (gateway.normalize.registers): tables of spec, words, expected."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import ConfigError, DecodeError
+from gateway.models import Quality, Value
+from gateway.normalize.registers import (
+    Decoded,
+    RegisterPoint,
+    compile_device,
+    compile_points,
+    decode_block,
+    decode_point,
+    encode_point,
+    plan_reads,
+    words_to_bytes,
+    write_point,
+)
+from gateway.profiles.loader import load_profile
+from gateway.profiles.models import ModbusDeviceBinding, Point, Profile
+
+PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
+MODBUS_PROFILES = ["fire-pump-cabinet", "fire-water-tank-modbus", "fire-panel-summary"]
+
+
+def _point(register: dict[str, Any], *, vtype: str = "float", name: str = "p", **extra: Any) -> Point:
+    data: dict[str, Any] = {"name": name, "class": "analog", "type": vtype, "register": register}
+    data.update(extra)
+    return Point.model_validate(data)
+
+
+def _profile(*points: Point) -> Profile:
+    return Profile.model_validate(
+        {
+            "profile": "t",
+            "kind": "t",
+            "title": {"zh": "测", "en": "t"},
+            "transport": "modbus",
+            "cadence_s": 1,
+            "points": [p.model_dump(by_alias=True, exclude_none=True) for p in points],
+        }
+    )
+
+
+def _rp(register: dict[str, Any], *, vtype: str = "float", base: int = 0, **extra: Any) -> RegisterPoint:
+    return compile_points(_profile(_point(register, vtype=vtype, **extra)), address_base=base)[0]
+
+
+def _words(fmt: str, value: float | int, byte_order: str, word_order: str) -> list[int]:
+    """Reference encoding with struct, independent of the code under test."""
+    buf = struct.pack(">" + fmt, value)
+    ws = [int.from_bytes(buf[i : i + 2], "big") for i in range(0, len(buf), 2)]
+    if byte_order == "little":
+        ws = [((w & 0xFF) << 8) | (w >> 8) for w in ws]
+    if word_order == "little":
+        ws.reverse()
+    return ws
+
+
+# Every type × byte order × word order, with a value that uses every byte.
+_TYPES: list[tuple[str, str, float | int, str]] = [
+    ("int16", "h", -12345, "int"),
+    ("uint16", "H", 54321, "int"),
+    ("int32", "i", -123456789, "int"),
+    ("uint32", "I", 3_123_456_789, "int"),
+    ("float32", "f", 12.5, "float"),
+    ("int64", "q", -1_234_567_890_123_456, "int"),
+    ("uint64", "Q", 18_000_000_000_000_000_000, "int"),
+    ("float64", "d", -1234.5678125, "float"),
+]
+_ORDERS = [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")]
+
+
+@pytest.mark.parametrize(("rtype", "fmt", "value", "vtype"), _TYPES)
+@pytest.mark.parametrize(("byte_order", "word_order"), _ORDERS)
+def test_every_type_and_order_decodes_and_round_trips(
+    rtype: str, fmt: str, value: float | int, vtype: str, byte_order: str, word_order: str
+) -> None:
+    rp = _rp({"address": 10, "type": rtype, "byte_order": byte_order, "word_order": word_order}, vtype=vtype)
+    words = _words(fmt, value, byte_order, word_order)
+    assert decode_point(rp, words) == Decoded(value)
+    assert encode_point(rp, value) == words
+
+
+@pytest.mark.parametrize(
+    ("spec", "words", "expected"),
+    [
+        ({"type": "float32"}, [0x4148, 0x0000], 12.5),  # ABCD
+        ({"type": "float32", "word_order": "little"}, [0x0000, 0x4148], 12.5),  # CDAB
+        ({"type": "float32", "byte_order": "little"}, [0x4841, 0x0000], 12.5),  # BADC
+        ({"type": "float32", "byte_order": "little", "word_order": "little"}, [0x0000, 0x4841], 12.5),  # DCBA
+        ({"type": "int16", "scale": 0.001}, [0x021A], 0.538),  # domain.md §4.4: 02 1A -> 0.538 MPa
+        ({"type": "int16", "scale": 0.001}, [0xFF38], -0.2),
+        ({"type": "uint16", "scale": 0.1}, [1234], 123.4),
+        ({"type": "uint16", "scale": 0.5, "offset": -40}, [100], 10.0),
+        ({"type": "int32", "scale": 0.01}, [0xFFFF, 0xFFFF], -0.01),
+        ({"type": "uint32"}, [0x0001, 0x0000], 65536.0),
+        ({"type": "uint32", "word_order": "little"}, [0x0000, 0x0001], 65536.0),
+    ],
+)
+def test_documented_decodings(spec: dict[str, Any], words: list[int], expected: float) -> None:
+    rp = _rp({"address": 0, **spec})
+    got = decode_point(rp, words)
+    assert got.value == expected and got.quality is Quality.GOOD
+    assert encode_point(rp, expected) == words
+
+
+@pytest.mark.parametrize(
+    ("bit", "word", "expected"),
+    [
+        (0, 0b0000_0001, True),
+        (0, 0b1111_1110, False),
+        (7, 0x0080, True),
+        (15, 0x8000, True),
+        (15, 0x7FFF, False),
+    ],
+)
+def test_bits_of_a_status_word(bit: int, word: int, expected: bool) -> None:
+    rp = _rp({"address": 3, "type": "uint16", "bit": bit}, vtype="bool")
+    assert decode_point(rp, [word]).value is expected
+
+
+def test_bit_of_a_32_bit_word_honours_word_order() -> None:
+    rp = _rp({"address": 0, "type": "uint32", "bit": 17, "word_order": "little"}, vtype="bool")
+    assert decode_point(rp, [0x0000, 0x0002]).value is True
+    assert decode_point(rp, [0x0002, 0x0000]).value is False
+
+
+def test_bit_as_int_point() -> None:
+    rp = _rp({"address": 0, "type": "uint16", "bit": 2}, vtype="int")
+    assert decode_point(rp, [4]) == Decoded(1)
+
+
+def test_write_point_merges_bits_of_one_word() -> None:
+    prof = _profile(
+        _point({"address": 0, "type": "uint16", "bit": 0}, vtype="bool", name="a"),
+        _point({"address": 0, "type": "uint16", "bit": 3}, vtype="bool", name="b"),
+        _point({"address": 1, "type": "int16", "scale": 0.01}, name="c"),
+    )
+    a, b, c = compile_points(prof)
+    mem = [0, 0]
+    write_point(a, True, mem)
+    write_point(b, True, mem)
+    write_point(c, -1.5, mem)
+    assert mem == [0b1001, 0xFF6A]
+    write_point(a, False, mem)
+    assert mem[0] == 0b1000
+    block = plan_reads([a, b, c])[0]
+    assert [(r.name, d) for r, d in decode_block(block, mem)] == [
+        ("a", Decoded(False)),
+        ("b", Decoded(True)),
+        ("c", Decoded(-1.5)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"type": "int16", "sentinels": [0x8000]}, [0x8000]),  # unsigned spelling
+        ({"type": "int16", "sentinels": [-32768]}, [0x8000]),  # signed spelling
+        ({"type": "uint16", "sentinels": [0xFFFF], "scale": 0.1}, [0xFFFF]),
+        ({"type": "int32", "sentinels": [0x7FFFFFFF]}, [0x7FFF, 0xFFFF]),
+        ({"type": "float32"}, [0x7FC0, 0x0000]),  # NaN
+        ({"type": "float32", "word_order": "little"}, [0x0000, 0x7FC0]),
+        ({"type": "float64"}, [0x7FF8, 0, 0, 0]),
+    ],
+)
+def test_sentinels_and_nan_mean_no_value(spec: dict[str, Any], words: list[int]) -> None:
+    rp = _rp({"address": 0, **spec})
+    got = decode_point(rp, words)
+    assert got.value is None and got.quality is Quality.MISSING
+    assert decode_point(rp, encode_point(rp, None)).quality is Quality.MISSING
+
+
+def test_infinity_is_a_decode_error() -> None:
+    rp = _rp({"address": 0, "type": "float32"})
+    with pytest.raises(DecodeError, match="finite"):
+        decode_point(rp, [0x7F80, 0x0000])
+
+
+@pytest.mark.parametrize(
+    ("words", "outcome"),
+    [
+        ([500], Decoded(0.5)),
+        ([1700], Decoded(1.7, Quality.SUSPECT, "outside the expected range [0.05, 1.6]")),
+        ([3000], DecodeError),
+        ([0xFFFF], DecodeError),  # -0.001 MPa is below 0
+    ],
+)
+def test_physical_and_expected_range(words: list[int], outcome: Decoded | type[DecodeError]) -> None:
+    rp = _rp(
+        {"address": 0, "type": "int16", "scale": 0.001},
+        unit="MPa",
+        range=[0, 2.5],
+        expected_range=[0.05, 1.6],
+    )
+    if isinstance(outcome, Decoded):
+        assert decode_point(rp, words) == outcome
+    else:
+        with pytest.raises(DecodeError, match=r"outside the physical range \[0, 2.5\] MPa"):
+            decode_point(rp, words)
+
+
+def test_enumerations() -> None:
+    enum = {0: "manual", 1: "auto", 2: "stop"}
+    as_int = _rp({"address": 0, "type": "uint16"}, vtype="int", enum=enum)
+    assert decode_point(as_int, [1]) == Decoded(1)
+    assert decode_point(as_int, [7]).quality is Quality.SUSPECT
+    as_str = _rp({"address": 0, "type": "uint16"}, vtype="str", enum=enum)
+    assert decode_point(as_str, [2]) == Decoded("stop")
+    assert encode_point(as_str, "manual") == [0]
+    with pytest.raises(DecodeError, match="not one of the documented codes"):
+        decode_point(as_str, [9])
+
+
+def test_integer_point_rejects_fraction() -> None:
+    rp = _rp({"address": 0, "type": "uint16", "scale": 0.1}, vtype="int")
+    with pytest.raises(DecodeError, match="expected an integer"):
+        decode_point(rp, [5])
+
+
+def test_source_unit_conversion() -> None:
+    rp = _rp({"address": 0, "type": "uint16", "scale": 0.1}, unit="MPa", source_unit="kPa")
+    assert decode_point(rp, [5380]).value == pytest.approx(0.538)
+    assert encode_point(rp, 0.538) == [5380]
+
+
+def test_coils_and_discrete_inputs() -> None:
+    rp = _rp({"table": "coil", "address": 5, "type": "bool"}, vtype="bool")
+    assert decode_point(rp, [True]) == Decoded(True)
+    assert encode_point(rp, False) == [0]
+    as_int = _rp({"table": "discrete", "address": 5, "type": "bool"}, vtype="int")
+    assert decode_point(as_int, [True]) == Decoded(1)
+
+
+@pytest.mark.parametrize(("base", "doc", "protocol"), [(0, 0, 0), (0, 100, 100), (1, 1, 0), (1, 40, 39)])
+def test_address_base(base: int, doc: int, protocol: int) -> None:
+    rp = _rp({"address": doc, "type": "uint16"}, base=base)
+    assert (rp.address, rp.doc_address) == (protocol, doc)
+
+
+def test_address_zero_on_a_one_based_device_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="numbers addresses from 1"):
+        _rp({"address": 0, "type": "uint16"}, base=1)
+
+
+def _regs(*specs: tuple[str, int, str]) -> list[RegisterPoint]:
+    pts = [
+        _point(
+            {"table": t, "address": a, "type": ty}, vtype="bool" if ty == "bool" else "float", name=f"p{i}"
+        )
+        for i, (t, a, ty) in enumerate(specs)
+    ]
+    return list(compile_points(_profile(*pts)))
+
+
+@pytest.mark.parametrize(
+    ("specs", "kw", "expected"),
+    [
+        # contiguous -> one read
+        (
+            [("holding", 0, "uint16"), ("holding", 1, "float32"), ("holding", 3, "uint16")],
+            {},
+            [("holding", 0, 4)],
+        ),
+        # a gap within max_gap is spanned
+        ([("holding", 0, "uint16"), ("holding", 9, "uint16")], {"max_gap": 8}, [("holding", 0, 10)]),
+        # a gap wider than max_gap splits
+        (
+            [("holding", 0, "uint16"), ("holding", 10, "uint16")],
+            {"max_gap": 8},
+            [("holding", 0, 1), ("holding", 10, 1)],
+        ),
+        (
+            [("holding", 0, "uint16"), ("holding", 2, "uint16")],
+            {"max_gap": 0},
+            [("holding", 0, 1), ("holding", 2, 1)],
+        ),
+        # max registers per read splits, and a multi-register value is never cut
+        (
+            [("input", 0, "uint16"), ("input", 1, "uint16"), ("input", 2, "float64")],
+            {"max_registers": 4},
+            [("input", 0, 2), ("input", 2, 4)],
+        ),
+        ([("input", i, "uint16") for i in range(130)], {}, [("input", 0, 125), ("input", 125, 5)]),
+        # tables are never mixed; bits use the bit limit
+        (
+            [("coil", 0, "bool"), ("discrete", 0, "bool"), ("coil", 3, "bool"), ("holding", 0, "uint16")],
+            {},
+            [("holding", 0, 1), ("coil", 0, 4), ("discrete", 0, 1)],
+        ),
+        (
+            [("discrete", i, "bool") for i in range(0, 30)],
+            {"max_bits": 16},
+            [("discrete", 0, 16), ("discrete", 16, 14)],
+        ),
+    ],
+)
+def test_read_planning(
+    specs: list[tuple[str, int, str]], kw: dict[str, int], expected: list[tuple[str, int, int]]
+) -> None:
+    blocks = plan_reads(_regs(*specs), **kw)
+    assert [(b.table, b.address, b.count) for b in blocks] == expected
+    assert sum(len(b.points) for b in blocks) == len(specs)
+
+
+def test_plan_honours_binding_overrides() -> None:
+    prof = _profile(*[_point({"address": a, "type": "uint16"}, name=f"p{a}") for a in (1, 5, 20)])
+    wide = compile_device("d", prof, ModbusDeviceBinding(host="127.0.0.1", max_gap=20))
+    assert [(b.address, b.count) for b in wide.blocks] == [(1, 20)]
+    narrow = compile_device(
+        "d", prof, ModbusDeviceBinding(host="127.0.0.1", max_gap=0, address_base=1, poll_interval_s=0.5)
+    )
+    assert [(b.address, b.count) for b in narrow.blocks] == [(0, 1), (4, 1), (19, 1)]
+    assert narrow.poll_interval_s == 0.5
+
+
+def test_short_response_is_a_decode_error() -> None:
+    block = plan_reads(_regs(("holding", 0, "uint16"), ("holding", 1, "uint32")))[0]
+    with pytest.raises(DecodeError, match="short response, 2 of 3 registers"):
+        decode_block(block, [1, 2])
+
+
+def test_one_bad_point_does_not_spoil_the_block() -> None:
+    prof = _profile(
+        _point({"address": 0, "type": "uint16"}, name="ok"),
+        _point({"address": 1, "type": "uint16"}, name="bad", range=[0, 10]),
+    )
+    block = plan_reads(compile_points(prof))[0]
+    (_, r1), (_, r2) = decode_block(block, [3, 99])
+    assert r1 == Decoded(3.0)
+    assert isinstance(r2, DecodeError) and "bad" in str(r2)
+
+
+def test_words_to_bytes() -> None:
+    assert words_to_bytes([0x021A, 0xFFFF]) == b"\x02\x1a\xff\xff"
+
+
+def _sample(p: Point) -> Value:
+    """A value inside the point's range that survives the register type (for the shipped profiles)."""
+    spec = p.modbus_register
+    assert spec is not None
+    if p.type == "bool":
+        return True
+    if p.enum:
+        return max(p.enum)
+    lo, hi = p.expected_range or p.range or (0.0, 100.0)
+    mid = (lo + hi) / 2
+    if p.type == "int":
+        return int(mid) if spec.scale == 1 else round(mid / spec.scale) * spec.scale
+    if spec.type in ("float32",):
+        return struct.unpack(">f", struct.pack(">f", mid))[0]  # type: ignore[no-any-return]
+    return round(mid / spec.scale) * spec.scale + spec.offset if spec.type not in ("float64",) else mid
+
+
+@pytest.mark.parametrize("name", MODBUS_PROFILES)
+def test_shipped_profiles_round_trip_through_their_own_map(name: str) -> None:
+    prof = load_profile(PROFILES / f"{name}.yaml")
+    points = compile_points(prof)
+    assert len(points) == len(prof.points)
+    memory: dict[str, list[int]] = {t: [0] * 200 for t in ("holding", "input", "coil", "discrete")}
+    expected = {}
+    for rp in points:
+        value = _sample(rp.point)
+        write_point(rp, value, memory[rp.table])
+        expected[rp.name] = value
+    for block in plan_reads(points, max_gap=8):
+        data = memory[block.table][block.address : block.address + block.count]
+        for rp, got in decode_block(block, data):
+            assert isinstance(got, Decoded), got
+            want = expected[rp.name]
+            if isinstance(want, float):
+                assert got.value == pytest.approx(want, rel=1e-9, abs=1e-9), rp.name
+                assert math.isfinite(want)
+            else:
+                assert got.value == want, rp.name
