@@ -13,11 +13,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 
-__all__ = ["GatewaySettings", "MqttSettings", "PipelineSettings", "StoreSettings", "load_settings"]
+__all__ = ["ApiSettings", "ApiToken", "EventsMqttSettings", "GatewaySettings", "InfluxSettings", "MqttSettings",
+           "PipelineSettings", "StoreSettings", "WebhookSettings", "load_settings"]
 
 ENV_PREFIX = "FIREGW_"
 
@@ -73,6 +74,27 @@ class MqttSettings(_Section):
         return urlsplit(self.url).port or (8883 if self.tls else 1883)
 
 
+class ApiToken(_Section):
+    """One bearer token: give ``sha256`` (hex of the token's SHA-256) or, for tests and demos, ``token``."""
+
+    name: str = Field(min_length=1, description="who uses it; recorded as the actor of their actions")
+    role: Literal["viewer", "operator", "admin"]
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    token: str | None = Field(default=None, min_length=16, description="plain token; hashed at load, never kept")
+
+    @model_validator(mode="after")
+    def _one(self) -> ApiToken:
+        if (self.sha256 is None) == (self.token is None):
+            raise ValueError("give exactly one of sha256 or token")
+        return self
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        return self.sha256 or hashlib.sha256((self.token or "").encode()).hexdigest()
+
+
 class StoreSettings(_Section):
     path: Path = Path("./var/firegw.db")
     synchronous: Literal["normal", "full"] = Field(
@@ -88,6 +110,84 @@ class PipelineSettings(_Section):
     tick_s: float = Field(default=1.0, gt=0, le=60)
 
 
+class ApiSettings(_Section):
+    """The HTTP API and dashboard. With no tokens configured the API is open on loopback only."""
+
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:8080", description="host:port")
+    tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens, stored as SHA-256 hashes")
+    cors_origins: list[str] = Field(default_factory=list, description="closed by default")
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class WebhookSettings(_Section):
+    """Delivery of fire-event and hazard transitions to the grid workflow over HTTPS."""
+
+    url: str | None = Field(default=None, description="unset: no webhook destination")
+    secret: str | None = Field(default=None, description="HMAC-SHA256 key; required with url")
+    timeout_s: float = Field(default=5.0, gt=0)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    backoff_min_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    concurrency: int = Field(default=8, ge=1, le=256, description="subjects delivered in parallel")
+
+    @model_validator(mode="after")
+    def _secret(self) -> WebhookSettings:
+        if self.url and not self.secret:
+            raise ValueError("webhook.secret is required when webhook.url is set")
+        return self
+
+
+class EventsMqttSettings(_Section):
+    """Fire events, hazards and site codes published over MQTT (QoS 1; the code topic retained)."""
+
+    enabled: bool = False
+    url: str | None = Field(default=None, description="defaults to mqtt.url")
+    client_id: str = "firegw-events"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    topic_events: str = "grid/{town}/{site}/events"
+    topic_hazards: str = "grid/{town}/{site}/hazards"
+    topic_code: str = "grid/{town}/{site}/code"
+
+
+class InfluxSettings(_Section):
+    """Forwarding of readings to InfluxDB (2.x/3.x API, or 1.x /write) with store-and-forward."""
+
+    url: str | None = Field(default=None, description="unset: no time-series sink")
+    api: Literal["v2", "v1"] = "v2"
+    token: str | None = None
+    org: str | None = None
+    bucket: str = Field(default="firegw", description="for api v1: the database name")
+    username: str | None = None
+    password: str | None = None
+    batch_size: int = Field(default=5_000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    gzip: bool = True
+    timeout_s: float = Field(default=10.0, gt=0)
+    verify_tls: bool = True
+    max_backlog_mb: float = Field(default=2_048.0, gt=0,
+                                  description="disk bound: beyond it the oldest bulk readings are evicted")
+
+
 class GatewaySettings(_Section):
     profiles_dir: Path = Path("device_profiles")
     inventory: Path | None = None
@@ -95,6 +195,10 @@ class GatewaySettings(_Section):
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    api: ApiSettings = ApiSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    events_mqtt: EventsMqttSettings = EventsMqttSettings()
+    influx: InfluxSettings = InfluxSettings()
 
 
 _TOP_LEVEL_ENV = {"FIREGW_INVENTORY": "inventory", "FIREGW_PROFILES_DIR": "profiles_dir",

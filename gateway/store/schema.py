@@ -117,6 +117,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE site_overrides (site_id TEXT PRIMARY KEY, data TEXT NOT NULL);
     CREATE TABLE site_inspections (site_id TEXT PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL);
     """,
+    # v3: the forwarder's durable cursor per sink
+    """
+    CREATE TABLE sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+    CREATE INDEX readings_bulk ON readings(urgent, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -238,7 +238,15 @@ class Store:
             "dead_letters": c.get("dead_letters", 0),
             "devices_seen": q("SELECT count(*) FROM devices WHERE last_seen > 0").fetchone()[0],
             "devices_unreachable": q("SELECT count(*) FROM devices WHERE status='unreachable'").fetchone()[0],
+            "forward_backlog": self.forward_backlog(),
         }
+
+    def forward_backlog(self) -> int:
+        """Readings not yet confirmed by the slowest configured sink (0 when no sink is configured)."""
+        row = self.conn.execute("SELECT min(seq) FROM sink_cursors").fetchone()
+        if row is None or row[0] is None:
+            return 0
+        return int(self.conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (row[0],)).fetchone()[0])
 
     def readings(self, device_id: str, *, metric: str | None = None, since_ms: int | None = None,
                  until_ms: int | None = None, limit: int = 1000) -> list[StoredReading]:
