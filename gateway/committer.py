@@ -98,6 +98,16 @@ class Committer:
         self._last_prune = 0.0
         self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
         self.fatal: BaseException | None = None
+        self.on_commit: list[Callable[[], None]] = []  # called (in this thread) after each commit
+
+    def reload(self, catalog: Catalog) -> None:
+        """Swap in a new catalog (profiles activated without a restart). Runs in this thread."""
+        self.catalog = catalog
+        self.normalizer = MqttNormalizer(catalog)
+        self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
+        reload = getattr(self.hooks, "reload", None)
+        if reload is not None:
+            reload(catalog)
 
     # ------------------------------------------------------------------ API for sources
 
@@ -286,6 +296,8 @@ class Committer:
                 store.conn.execute("RELEASE job")
             if tick:
                 self.hooks.on_tick(store, now_ms)
+        for fn in self.on_commit:
+            fn()
         for source, tokens in acks.items():
             ack = self._acks.get(source)
             if ack is not None:

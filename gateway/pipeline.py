@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from gateway.committer import Committer, Hooks, RetentionPolicy
@@ -42,6 +44,7 @@ class Gateway:
         self.committer: Committer | None = None
         self.mqtt: MqttSource | None = None
         self.workflow: Any = None
+        self.api: Any = None
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -70,11 +73,16 @@ class Gateway:
             modbus = self._modbus_source(committer)
             if modbus is not None:
                 tasks.append(asyncio.create_task(modbus(), name="modbus"))
+            if s.api.enabled:
+                self.api = self._api_server(committer)
+                tasks.append(asyncio.create_task(self.api.run(), name="api"))
             self.ready.set()
             logger.info("firegw: ready (%d sites, %d devices, %d profiles)", len(self.catalog.sites),
                         len(self.catalog.devices), len(self.catalog.profiles))
             await self._supervise(stop, tasks)
         finally:
+            if self.api is not None:
+                self.api.stop()
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -99,6 +107,63 @@ class Gateway:
 
         source = ModbusSource(catalog=self.catalog, commit=commit, health=self.health)
         return source.run
+
+    def _api_server(self, committer: Committer) -> Any:
+        from gateway.api import ApiContext, ApiServer
+
+        hooks = self.workflow
+
+        async def act(kind: str, subject_id: str, action: str, actor: str, note: str,
+                      params: dict[str, Any]) -> list[dict[str, Any]]:
+            from gateway.store.workflow import event_body
+
+            def fn(store: Store) -> list[dict[str, Any]]:
+                now = int(time.time() * 1000)
+                return [event_body(r) for r in hooks.act(store, kind, subject_id, action, actor, note, params, now)]
+            result: list[dict[str, Any]] = await asyncio.wrap_future(committer.call(fn))
+            return result
+
+        async def admin(op: str, args: dict[str, Any]) -> Any:
+            now = int(time.time() * 1000)
+            if op == "override":
+                return await asyncio.wrap_future(committer.call(lambda store: hooks.set_override(
+                    store, args["site_id"], args["code"], args["reason"], args["actor"], args["until_ms"],
+                    args["stop_business"], now)))
+            if op == "inspection":
+                return await asyncio.wrap_future(committer.call(lambda store: hooks.record_inspection(
+                    store, args["site_id"], args["actor"], args["note"], now)))
+            if op == "activate_profile":
+                return await self.activate_profile(args["name"], args["yaml"], args["actor"])
+            raise ValueError(op)
+
+        ctx = ApiContext(settings=self.settings, health=self.health, catalog=lambda: self.catalog,
+                         act=act if hooks is not None else None, admin=admin if hooks is not None else None,
+                         static_dir=Path(__file__).parent / "dashboard")
+        return ApiServer(ctx)
+
+    async def activate_profile(self, name: str, text: str, actor: str) -> None:
+        """Write a validated profile into the profiles folder and switch to it without a restart."""
+        path = self.settings.profiles_dir / f"{name}.yaml"
+        old = path.read_text(encoding="utf-8") if path.exists() else None
+        path.write_text(text, encoding="utf-8")
+        try:
+            catalog = await asyncio.to_thread(load_catalog, self.settings.profiles_dir, self.settings.inventory)
+        except Exception:
+            if old is None:
+                path.unlink()
+            else:
+                path.write_text(old, encoding="utf-8")
+            raise
+        await self.reload(catalog)
+        logger.info("profile %s activated by %s", name, actor)
+
+    async def reload(self, catalog: Catalog) -> None:
+        committer = self.committer
+        assert committer is not None
+        await asyncio.wrap_future(committer.call(lambda store: committer.reload(catalog)))
+        self.catalog = catalog
+        if self.mqtt is not None:
+            await asyncio.to_thread(self.mqtt.resubscribe, committer.normalizer.subscriptions)
 
     async def _supervise(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         while not stop.is_set():

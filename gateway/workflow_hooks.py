@@ -131,6 +131,48 @@ class WorkflowHooks(Hooks):
         WorkflowStore(store.conn).save_rule_state(self.engine.snapshot(), now_ms)
         self._last_snapshot_ms = now_ms
 
+    def reload(self, catalog: Catalog) -> None:
+        """New profiles: rebuild the engine and carry its state over."""
+        snap = self.engine.snapshot()
+        self.catalog = catalog
+        self.engine = RuleEngine(catalog)
+        try:
+            self.engine.restore(snap)
+        except Exception:
+            logger.warning("rules: state could not be carried over to the new profiles", exc_info=True)
+            self.engine = RuleEngine(catalog)
+        self.workflow._catalog = catalog
+
+    def set_override(self, store: Store, site_id: str, code: str | None, reason: str, actor: str,
+                     until_ms: int | None, stop_business: bool, now_ms: int) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from gateway.hazards.codes import CodeOverride, clear_override, set_override
+
+        ws = WorkflowStore(store.conn)
+        if code is None:
+            current = ws.overrides().get(site_id)
+            if current is None:
+                from gateway.errors import TransitionError
+
+                raise TransitionError(f"site {site_id} has no override to clear")
+            rec = clear_override(CodeOverride(**current), actor, reason, now_ms)
+            ws.set_override(site_id, None)
+        else:
+            ov, rec = set_override(site_id, code, reason, actor, now_ms,  # type: ignore[arg-type]
+                                   until_ms=until_ms, stop_business=stop_business)
+            ws.set_override(site_id, asdict(ov))
+        self._write(store, [rec], now_ms)
+        return rec.to_dict()
+
+    def record_inspection(self, store: Store, site_id: str, actor: str, note: str, now_ms: int) -> None:
+        from gateway.hazards.lifecycle import WorkflowEvent, new_id
+
+        ws = WorkflowStore(store.conn)
+        ws.record_inspection(site_id, now_ms, actor)
+        self._write(store, [WorkflowEvent(new_id(), "site", site_id, "inspected", now_ms, actor, note,
+                                          {"site_id": site_id, "inspected_at_ms": now_ms})], now_ms)
+
     # ------------------------------------------------------------------ people's actions
 
     def act(self, store: Store, kind: str, subject_id: str, action: str, actor: str, note: str,

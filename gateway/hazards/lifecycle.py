@@ -75,7 +75,7 @@ SYSTEM = "system"
 
 EventType = Literal["opened", "updated", "escalated", "cleared", "confirmed", "dispatched", "rectifying",
                     "rectified", "closed", "rejected", "acknowledged", "on_scene", "resolved",
-                    "override_set", "override_cleared"]
+                    "override_set", "override_cleared", "inspected"]
 
 
 def new_id() -> str:

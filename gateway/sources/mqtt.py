@@ -140,6 +140,14 @@ class MqttSource:
         client.loop_stop()
         self._client = None
 
+    def resubscribe(self, subscriptions: list[str]) -> None:
+        """Subscribe to new topic patterns (profiles activated without a restart)."""
+        new = [t for t in subscriptions if t not in self._subscriptions]
+        self._subscriptions = list(subscriptions)
+        if new and self._client is not None:
+            self._client.subscribe([(t, 1) for t in new])
+            logger.info("mqtt: subscribed to %s", ", ".join(new))
+
     # ------------------------------------------------------------------ acknowledgements
 
     def ack(self, tokens: list[object]) -> None:

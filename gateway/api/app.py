@@ -1,0 +1,499 @@
+"""FastAPI application and the uvicorn server that runs it inside the gateway's event loop.
+
+Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+
+- ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text)
+- ``/api/v1/sites``, ``/api/v1/sites/{id}``, ``POST /api/v1/sites/{id}/override|inspection``
+- ``/api/v1/devices``, ``/api/v1/devices/{id}``, ``/api/v1/readings``
+- ``/api/v1/events``, ``/api/v1/events/{id}``, ``POST /api/v1/events/{id}/acknowledge|arrive|resolve``
+- ``/api/v1/hazards``, ``/api/v1/hazards/{id}``,
+  ``POST /api/v1/hazards/{id}/confirm|dispatch|start|rectified|close|reject``
+- ``/api/v1/dead-letters``, ``/api/v1/profiles``, ``POST /api/v1/profiles/validate|activate``
+- ``/api/v1/stream``: server-sent events (every transition, and a stats beat)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import uvicorn
+import yaml
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.api.auth import Caller, Role, TokenBook
+from gateway.errors import ConfigError, DecodeError, TransitionError
+from gateway.health import Health
+from gateway.profiles.loader import Catalog, format_validation_error
+from gateway.settings import GatewaySettings
+from gateway.store.sqlite import Store
+from gateway.store.workflow import WorkflowStore, iso, public_subject
+
+__all__ = ["ApiContext", "ApiServer", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+ActFn = Callable[[str, str, str, str, str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+
+
+@dataclass
+class ApiContext:
+    """What the API needs from the running gateway (set by the pipeline)."""
+
+    settings: GatewaySettings
+    health: Health
+    catalog: Callable[[], Catalog]
+    act: ActFn | None = None  # (kind, id, action, actor, note, params) -> record bodies
+    admin: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None  # site overrides, profile activation
+    sources: Callable[[], dict[str, bool | None]] = field(default_factory=lambda: dict)
+    static_dir: Path | None = None
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActionIn(_Body):
+    note: str = Field(default="", max_length=2000)
+    resolution: Literal["real_fire", "false_alarm", "test"] | None = None
+    severity: Literal["info", "minor", "major", "critical"] | None = None
+    assignee: str | None = Field(default=None, max_length=200)
+    deadline: datetime | None = None
+
+
+class OverrideIn(_Body):
+    code: Literal["red", "yellow", "green"] | None = Field(default=None, description="null clears the override")
+    reason: str = Field(min_length=1, max_length=2000)
+    until: datetime | None = None
+    stop_business: bool = False
+
+
+class InspectionIn(_Body):
+    note: str = Field(default="", max_length=2000)
+
+
+class ProfileIn(_Body):
+    profile_yaml: str = Field(min_length=1, max_length=512_000)
+    sample: str | None = Field(default=None, max_length=512_000, description="a payload (MQTT) or register dump")
+
+
+def _caller(request: Request) -> Caller:
+    tokens: TokenBook = request.app.state.tokens
+    c = tokens.lookup(request.headers.get("authorization"))
+    if c is None:
+        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    return c
+
+
+def _need(role: Role) -> Callable[[Caller], Caller]:
+    def check(c: Annotated[Caller, Depends(_caller)]) -> Caller:
+        if not c.may(role):
+            raise HTTPException(403, f"role {c.role} may not do this; it needs {role}")
+        return c
+    return check
+
+
+Viewer = Annotated[Caller, Depends(_need("viewer"))]
+Operator = Annotated[Caller, Depends(_need("operator"))]
+Admin = Annotated[Caller, Depends(_need("admin"))]
+FireAction = Literal["acknowledge", "arrive", "on_scene", "resolve"]
+HazardAction = Literal["confirm", "dispatch", "start", "rectified", "close", "reject"]
+
+
+def _ms(dt: datetime | None) -> int | None:
+    return None if dt is None else int(dt.timestamp() * 1000)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    s = ctx.settings
+    tokens = TokenBook(s.api.tokens)
+    db_path = s.store.path
+    app = FastAPI(title="firegw ops API", version="1", description=__doc__,
+                  openapi_tags=[{"name": "workflow", "description": "fire events (警情) and hazards (隐患)"}])
+    app.state.tokens = tokens
+    if s.api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=s.api.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > s.api.max_body_bytes):
+            return JSONResponse({"detail": f"body over {s.api.max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @contextlib.contextmanager
+    def store() -> Iterator[Store]:
+        try:
+            st = Store(db_path, readonly=True).open()
+        except ConfigError as exc:
+            raise HTTPException(503, "the store is not ready") from exc
+        try:
+            yield st
+        finally:
+            st.close()
+
+    # ------------------------------------------------------------------ health
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(_: Viewer) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(_: Viewer) -> JSONResponse:
+        stages = [stg.snapshot() for stg in ctx.health.stages()]
+        problems = [f"{st['name']}: stalled" for st in stages if st["stalled"]]
+        problems += [f"{st['name']}: disconnected ({st['last_error'] or ''})"
+                     for st in stages if st["connected"] is False]
+        try:
+            with store() as st:
+                st.conn.execute("BEGIN IMMEDIATE")
+                st.conn.execute("ROLLBACK")
+            writable = True
+        except Exception as exc:  # the store is locked or read-only: not ready
+            writable = False
+            problems.append(f"store: not writable: {exc}")
+        body = {"ready": not problems, "problems": problems, "store_writable": writable, "stages": stages}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics(_: Viewer) -> str:
+        lines = []
+        with store() as st:
+            stats = st.stats()
+            stats.update(st.workflow_stats())
+        for k, v in stats.items():
+            lines += [f"# TYPE firegw_{k} gauge", f"firegw_{k} {v}"]
+        lines.append("# TYPE firegw_stage_seconds_since_progress gauge")
+        for stg in ctx.health.stages():
+            snap = stg.snapshot()
+            lines.append(f'firegw_stage_seconds_since_progress{{stage="{stg.name}"}} {snap["since_progress_s"]}')
+            lines.append(f'firegw_stage_depth{{stage="{stg.name}"}} {stg.depth}')
+            lines.append(f'firegw_stage_stalled{{stage="{stg.name}"}} {int(stg.stalled())}')
+            if stg.connected is not None:
+                lines.append(f'firegw_stage_connected{{stage="{stg.name}"}} {int(stg.connected)}')
+            for ck, cv in stg.counters.items():
+                lines.append(f'firegw_stage_events_total{{stage="{stg.name}",counter="{ck}"}} {cv}')
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ sites, devices, readings
+
+    def _sites(st: Store) -> list[dict[str, Any]]:
+        from gateway.sites import site_summaries
+
+        return site_summaries(ctx.catalog(), WorkflowStore(st.conn), int(time.time() * 1000))
+
+    @app.get("/api/v1/sites", tags=["sites"])
+    def sites(_: Viewer, town: str | None = None, grid_cell: str | None = None,
+              domain: str | None = None) -> list[dict[str, Any]]:
+        with store() as st:
+            rows = _sites(st)
+        return [r for r in rows if (town is None or r["town"] == town) and
+                (grid_cell is None or r["grid_cell"] == grid_cell) and (domain is None or r["domain"] == domain)]
+
+    @app.get("/api/v1/sites/{site_id}", tags=["sites"])
+    def site(site_id: str, _: Viewer) -> dict[str, Any]:
+        with store() as st:
+            row = next((r for r in _sites(st) if r["site_id"] == site_id), None)
+            if row is None:
+                raise HTTPException(404, f"unknown site {site_id!r}")
+            ws = WorkflowStore(st.conn)
+            row["hazards"] = [public_subject("hazard", h) for h in ws.hazards(open_only=True, site_id=site_id)]
+            row["fire_events"] = [public_subject("fire_event", e) for e in ws.fire_events(open_only=True,
+                                                                                           site_id=site_id)]
+            devs = {d["device_id"]: d for d in st.devices()}
+        cat = ctx.catalog()
+        row["devices"] = [_device_row(cat, d.device_id, devs.get(d.device_id))
+                          for d in cat.inventory.devices if d.site_id == site_id]
+        return row
+
+    def _device_row(cat: Catalog, device_id: str, state: dict[str, Any] | None) -> dict[str, Any]:
+        dev = cat.devices[device_id]
+        prof = cat.profiles.get(dev.profile)
+        state = state or {}
+        latest = {m: {**v, "ts": iso(v.pop("ts_ms"))} for m, v in (state.get("latest") or {}).items()}
+        return {
+            "device_id": device_id, "site_id": dev.site_id, "profile": dev.profile,
+            "kind": prof.kind if prof else None, "title_zh": prof.title.zh if prof else None,
+            "title_en": prof.title.en if prof else None, "location": dev.location.model_dump(),
+            "status": state.get("status", "never_seen") if state.get("last_seen_ms") or state.get("status")
+            == "unreachable" else "never_seen",
+            "status_reason": state.get("status_reason"), "link": state.get("link"),
+            "last_seen": iso(state.get("last_seen_ms") or None), "latest": latest,
+        }
+
+    @app.get("/api/v1/devices", tags=["devices"])
+    def devices(_: Viewer, site: str | None = None) -> list[dict[str, Any]]:
+        with store() as st:
+            states = {d["device_id"]: d for d in st.devices()}
+        cat = ctx.catalog()
+        return [_device_row(cat, d.device_id, states.get(d.device_id)) for d in cat.inventory.devices
+                if site is None or d.site_id == site]
+
+    @app.get("/api/v1/devices/{device_id}", tags=["devices"])
+    def device(device_id: str, _: Viewer) -> dict[str, Any]:
+        cat = ctx.catalog()
+        if device_id not in cat.devices:
+            raise HTTPException(404, f"unknown device {device_id!r}")
+        with store() as st:
+            state = next((d for d in st.devices() if d["device_id"] == device_id), None)
+        return _device_row(cat, device_id, state)
+
+    @app.get("/api/v1/readings", tags=["devices"])
+    def readings(_: Viewer, device: str, metric: str | None = None, since: datetime | None = None,
+                 until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+                 ) -> list[dict[str, Any]]:
+        with store() as st:
+            rows = st.readings(device, metric=metric, since_ms=_ms(since), until_ms=_ms(until), limit=limit)
+        return [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric, "value": r.value,
+                 "unit": r.unit, "ts": iso(r.ts_ms), "received_at": iso(r.received_at_ms), "quality": r.quality}
+                for r in rows]
+
+    @app.get("/api/v1/dead-letters", tags=["devices"])
+    def dead_letters(_: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
+        with store() as st:
+            rows = st.dead_letters(limit=limit)
+        for r in rows:
+            r["at"] = iso(r.pop("at_ms"))
+        return rows
+
+    @app.get("/api/v1/stats", tags=["health"])
+    def stats(_: Viewer) -> dict[str, Any]:
+        with store() as st:
+            out = st.stats()
+            out.update(st.workflow_stats())
+        return out
+
+    # ------------------------------------------------------------------ fire events and hazards
+
+    def _list(kind: str, open_only: bool, site: str | None, limit: int) -> list[dict[str, Any]]:
+        with store() as st:
+            ws = WorkflowStore(st.conn)
+            rows = (ws.fire_events if kind == "fire_event" else ws.hazards)(open_only=open_only, site_id=site,
+                                                                              limit=limit)
+        return [public_subject(kind, r) for r in rows]
+
+    def _detail(kind: str, subject_id: str) -> dict[str, Any]:
+        with store() as st:
+            ws = WorkflowStore(st.conn)
+            row = ws.subject(kind, subject_id)
+            if row is None:
+                raise HTTPException(404, f"unknown {kind.replace('_', ' ')} {subject_id!r}")
+            out = public_subject(kind, row)
+            out["trail"] = ws.trail(kind, subject_id)
+        return out
+
+    @app.get("/api/v1/events", tags=["workflow"])
+    def events(_: Viewer, open: bool = False, site: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> list[dict[str, Any]]:
+        return _list("fire_event", open, site, limit)
+
+    @app.get("/api/v1/events/{event_id}", tags=["workflow"])
+    def event(event_id: str, _: Viewer) -> dict[str, Any]:
+        return _detail("fire_event", event_id)
+
+    @app.get("/api/v1/hazards", tags=["workflow"])
+    def hazards(_: Viewer, open: bool = False, site: str | None = None,
+                severity: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 500
+                ) -> list[dict[str, Any]]:
+        rows = _list("hazard", open, site, limit)
+        return [r for r in rows if severity is None or r["severity"] == severity]
+
+    @app.get("/api/v1/hazards/{hazard_id}", tags=["workflow"])
+    def hazard(hazard_id: str, _: Viewer) -> dict[str, Any]:
+        return _detail("hazard", hazard_id)
+
+    async def _act(kind: str, subject_id: str, action: str, who: Caller, body: ActionIn) -> dict[str, Any]:
+        await asyncio.to_thread(_detail, kind, subject_id)  # 404 for an unknown id
+        if ctx.act is None:
+            raise HTTPException(503, "the gateway is not running its workflow")
+        params: dict[str, Any] = {}
+        if body.resolution is not None:
+            params["resolution"] = body.resolution
+        if body.severity is not None:
+            params["severity"] = body.severity
+        if body.assignee is not None:
+            params["assignee"] = body.assignee
+        if body.deadline is not None:
+            params["deadline_ms"] = _ms(body.deadline)
+        try:
+            records = await ctx.act(kind, subject_id, action, who.name, body.note, params)
+        except TransitionError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        subject = await asyncio.to_thread(_detail, kind, subject_id)
+        return {"records": records, "subject": subject}
+
+    @app.post("/api/v1/events/{event_id}/{action}", tags=["workflow"])
+    async def event_action(event_id: str, action: FireAction, who: Operator,
+                           body: ActionIn | None = None) -> dict[str, Any]:
+        return await _act("fire_event", event_id, str(action), who, body or ActionIn())
+
+    @app.post("/api/v1/hazards/{hazard_id}/{action}", tags=["workflow"])
+    async def hazard_action(hazard_id: str, action: HazardAction, who: Operator,
+                            body: ActionIn | None = None) -> dict[str, Any]:
+        return await _act("hazard", hazard_id, str(action), who, body or ActionIn())
+
+    @app.post("/api/v1/sites/{site_id}/override", tags=["sites"])
+    async def override(site_id: str, body: OverrideIn, who: Admin) -> dict[str, Any]:
+        if site_id not in ctx.catalog().sites:
+            raise HTTPException(404, f"unknown site {site_id!r}")
+        if ctx.admin is None:
+            raise HTTPException(503, "the gateway is not running its workflow")
+        try:
+            rec = await ctx.admin("override", {"site_id": site_id, "code": body.code, "reason": body.reason,
+                                              "actor": who.name, "until_ms": _ms(body.until),
+                                              "stop_business": body.stop_business})
+        except TransitionError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return {"record": rec, "site": await asyncio.to_thread(site, site_id, who)}
+
+    @app.post("/api/v1/sites/{site_id}/inspection", tags=["sites"])
+    async def inspection(site_id: str, who: Operator, body: InspectionIn | None = None) -> dict[str, Any]:
+        if site_id not in ctx.catalog().sites:
+            raise HTTPException(404, f"unknown site {site_id!r}")
+        if ctx.admin is None:
+            raise HTTPException(503, "the gateway is not running its workflow")
+        await ctx.admin("inspection", {"site_id": site_id, "actor": who.name, "note": (body or InspectionIn()).note})
+        return await asyncio.to_thread(site, site_id, who)
+
+    # ------------------------------------------------------------------ profiles
+
+    @app.get("/api/v1/profiles", tags=["profiles"])
+    def profiles(_: Viewer) -> list[dict[str, Any]]:
+        cat = ctx.catalog()
+        used: dict[str, int] = {}
+        for d in cat.inventory.devices:
+            used[d.profile] = used.get(d.profile, 0) + 1
+        return [{"profile": p.profile, "version": p.version, "kind": p.kind, "title_zh": p.title.zh,
+                 "title_en": p.title.en, "transport": p.transport, "points": len(p.points),
+                 "rules": len(p.rules), "devices": used.get(name, 0)} for name, p in sorted(cat.profiles.items())]
+
+    def _validate(body: ProfileIn) -> tuple[Any, list[str], list[dict[str, Any]]]:
+        from gateway.profiles.loader import _check_registers
+        from gateway.profiles.models import Profile
+        from gateway.rules.spec import validate_rules
+
+        try:
+            data = yaml.safe_load(body.profile_yaml)
+        except yaml.YAMLError as exc:
+            return None, [f"profile: (file): not valid YAML: {exc}"], []
+        if not isinstance(data, dict):
+            return None, ["profile: (top): expected a mapping"], []
+        try:
+            prof = Profile.model_validate(data)
+        except ValidationError as exc:
+            return None, format_validation_error("profile", exc), []
+        problems = [f"profile: {p}" for p in _check_registers(prof) + validate_rules(prof.rules, prof)]
+        sample: list[dict[str, Any]] = []
+        if body.sample is not None and not problems:
+            now = int(time.time() * 1000)
+            try:
+                if prof.transport == "mqtt":
+                    from gateway.normalize.json_decoder import JsonDecoder
+
+                    rs = JsonDecoder(prof).decode(body.sample.encode(), "(site)", "(device)", now)
+                else:
+                    from gateway.normalize.registers import decode_dump
+
+                    rs = decode_dump(prof, body.sample, now)
+            except DecodeError as exc:
+                problems.append(f"sample: {exc}")
+            else:
+                sample = [{"metric": r.metric, "value": r.value, "unit": r.unit, "quality": r.quality.value,
+                           "class": r.point_class.value} for r in rs]
+        return prof, problems, sample
+
+    @app.post("/api/v1/profiles/validate", tags=["profiles"])
+    def validate(body: ProfileIn, _: Viewer) -> dict[str, Any]:
+        prof, problems, sample = _validate(body)
+        return {"valid": not problems, "profile": prof.profile if prof else None, "problems": problems,
+                "readings": sample}
+
+    @app.post("/api/v1/profiles/activate", tags=["profiles"])
+    async def activate(body: ProfileIn, who: Admin) -> dict[str, Any]:
+        prof, problems, sample = await asyncio.to_thread(_validate, body)
+        if problems or prof is None:
+            raise HTTPException(422, {"valid": False, "problems": problems})
+        if ctx.admin is None:
+            raise HTTPException(503, "the gateway is not running")
+        try:
+            await ctx.admin("activate_profile", {"name": prof.profile, "yaml": body.profile_yaml,
+                                                 "actor": who.name})
+        except ConfigError as exc:
+            raise HTTPException(409, {"valid": False, "problems": exc.problems}) from exc
+        return {"activated": prof.profile, "version": prof.version, "readings": sample}
+
+    # ------------------------------------------------------------------ live stream
+
+    @app.get("/api/v1/stream", tags=["workflow"])
+    async def stream(request: Request, caller_: Viewer) -> StreamingResponse:
+        async def gen() -> AsyncIterator[bytes]:
+            def last_seq() -> int:
+                with store() as st:
+                    row = st.conn.execute("SELECT coalesce(max(seq), 0) FROM workflow_events").fetchone()
+                    return int(row[0])
+
+            def since(seq: int) -> list[tuple[int, dict[str, Any]]]:
+                with store() as st:
+                    return WorkflowStore(st.conn).events_since(seq)
+
+            seq = await asyncio.to_thread(last_seq)
+            yield b"retry: 2000\n\n"
+            beat = 0.0
+            while not await request.is_disconnected():
+                rows = await asyncio.to_thread(since, seq)
+                for seq, body in rows:
+                    yield f"event: transition\nid: {seq}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+                if time.monotonic() - beat > 5:
+                    beat = time.monotonic()
+                    yield b"event: beat\ndata: {}\n\n"
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    if ctx.static_dir is not None and ctx.static_dir.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=ctx.static_dir, html=True), name="dashboard")
+    return app
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the gateway owns SIGINT/SIGTERM
+        yield
+
+
+class ApiServer:
+    """uvicorn inside the gateway's event loop."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.app = create_app(ctx)
+        s = ctx.settings.api
+        self._server = _Server(uvicorn.Config(self.app, host=s.host, port=s.port, log_level="warning",
+                                              access_log=False, lifespan="off"))
+
+    async def run(self) -> None:
+        await self._server.serve()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
