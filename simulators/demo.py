@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +40,15 @@ def _merge_inventories(*paths: Path) -> dict[str, Any]:
         out["sites"] += [s for s in data.get("sites", []) if s["site_id"] not in known]
         out["devices"] += data.get("devices", [])
     return out
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -83,7 +94,13 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         inv.write_text(yaml.safe_dump(_merge_inventories(fleet_inv, pump_inv), allow_unicode=True, sort_keys=False),
                        encoding="utf-8")
         db = workdir / "firegw.db"
-        settings = load_settings(None, env={**os.environ, "FIREGW_MQTT__URL": broker.url,
+        tokens = {role: secrets.token_urlsafe(18) for role in ("viewer", "operator", "admin")}
+        config = workdir / "gateway.yaml"
+        config.write_text(yaml.safe_dump({"api": {"tokens": [
+            {"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]}}), encoding="utf-8")
+        api_port = 8080 if _port_free(8080) else free_port()
+        settings = load_settings(config, env={**os.environ, "FIREGW_MQTT__URL": broker.url,
+                                            "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
                                             "FIREGW_STORE__PATH": str(db), "FIREGW_INVENTORY": str(inv),
                                             "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
                                             "FIREGW_MQTT__CLIENT_ID": "firegw-demo"})
@@ -91,6 +108,10 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         print(f"firegw demo: broker {broker.url}, store {db}")
         print(f"  {len(gw.catalog.sites)} sites, {len(gw.catalog.devices)} devices; "
               f"logs in {workdir}/ (gateway.log, fleet.log, pumproom.log)")
+        print(f"  dashboard: http://127.0.0.1:{api_port}/")
+        print(f"  viewer token:   {tokens['viewer']}")
+        print(f"  operator token: {tokens['operator']}")
+        print(f"  admin token:    {tokens['admin']}", flush=True)
         fleet_seconds = duration if duration is not None else 24 * 3600
         procs.append(_spawn(["fleet", "--broker", broker.url, "--devices", str(devices), "--rate", str(rate),
                              "--duration", str(fleet_seconds), "--scenario", "button-alarm",
@@ -112,9 +133,11 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
                     await asyncio.wait_for(stop.wait(), 5.0)
                 with Store(db, readonly=True) as s:
                     st = s.stats()
+                    wf = s.workflow_stats()
                 print(f"  t={time.monotonic() - start:4.0f}s  messages in {st['messages']}  readings "
                       f"{st['readings']}  dead letters {st['dead_letters']}  devices seen {st['devices_seen']}"
-                      f"  unreachable {st['devices_unreachable']}", flush=True)
+                      f"  unreachable {st['devices_unreachable']}  fire events open {wf['events_open']}"
+                      f"  hazards open {wf['hazards_open']}", flush=True)
             await task
 
         asyncio.run(main())
