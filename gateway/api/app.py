@@ -156,6 +156,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def healthz(_: Viewer) -> dict[str, Any]:
         return {"status": "ok"}
 
+    @app.get("/api/v1/whoami", tags=["health"])
+    def whoami(who: Viewer) -> dict[str, Any]:
+        """Who the token belongs to and its role, so a client can show only what the role may do."""
+        return {"name": who.name, "role": who.role}
+
     @app.get("/readyz", tags=["health"])
     def readyz(_: Viewer) -> JSONResponse:
         stages = [stg.snapshot() for stg in ctx.health.stages()]
