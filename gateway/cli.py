@@ -150,11 +150,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _typer(settings: GatewaySettings) -> Any:
+    """Booleans come back from SQLite as 0/1: cast with the device's profile when it can be loaded."""
+    from gateway.profiles.loader import load_catalog
+
+    try:
+        catalog = load_catalog(settings.profiles_dir, settings.inventory)
+    except (ConfigError, OSError):
+        return lambda device, metric, value: value
+    return catalog.typed
+
+
 def cmd_readings(args: argparse.Namespace) -> int:
     since = _parse_time(args.since) if args.since else None
-    with _store(_settings(args)) as store:
+    settings = _settings(args)
+    with _store(settings) as store:
         rows = store.readings(args.device, metric=args.metric, since_ms=since, limit=args.limit)
-    out = [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric, "value": r.value, "unit": r.unit,
+    typed = _typer(settings)
+    out = [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric,
+            "value": typed(r.device_id, r.metric, r.value), "unit": r.unit,
             "ts": _iso(r.ts_ms), "received_at": _iso(r.received_at_ms), "quality": r.quality} for r in rows]
     if args.json:
         _print_json(out)

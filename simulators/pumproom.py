@@ -113,7 +113,9 @@ _PANEL_FAULTS = frozenset({"main-power-lost", "backup-power-lost"})
 SCENARIOS: dict[str, list[tuple[float, str]]] = {
     "normal": [],
     "fire-demand": [(1.0, "demand 1 30")],
-    "pump-fails-to-start": [(0.0, "fault 1 pump1-fails"), (1.0, "demand 1 30")],
+    # both main pumps fail: the demand closes the pressure switch and no pump runs (GB 50974 11.0.3)
+    "pump-fails-to-start": [(0.0, "fault 1 pump1-fails"), (0.0, "fault 1 pump2-fails"), (1.0, "demand 1 30")],
+    "standby-takes-over": [(0.0, "fault 1 pump1-fails"), (1.0, "demand 1 30")],
     "cabinet-manual": [(0.0, "fault 1 manual"), (1.0, "demand 1 30")],
     "main-power-lost": [(1.0, "fault 1 main-power-lost")],
     "phase-loss": [(1.0, "fault 1 phase-loss"), (2.0, "demand 1 30")],

@@ -233,7 +233,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         dev = cat.devices[device_id]
         prof = cat.profiles.get(dev.profile)
         state = state or {}
-        latest = {m: {**v, "ts": iso(v.pop("ts_ms"))} for m, v in (state.get("latest") or {}).items()}
+        latest = {m: {**v, "value": cat.typed(device_id, m, v["value"]), "ts": iso(v.pop("ts_ms"))}
+                  for m, v in (state.get("latest") or {}).items()}
         return {
             "device_id": device_id, "site_id": dev.site_id, "profile": dev.profile,
             "kind": prof.kind if prof else None, "title_zh": prof.title.zh if prof else None,
@@ -267,7 +268,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                  ) -> list[dict[str, Any]]:
         with store() as st:
             rows = st.readings(device, metric=metric, since_ms=_ms(since), until_ms=_ms(until), limit=limit)
-        return [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric, "value": r.value,
+        cat = ctx.catalog()
+        return [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric,
+                 "value": cat.typed(r.device_id, r.metric, r.value),
                  "unit": r.unit, "ts": iso(r.ts_ms), "received_at": iso(r.received_at_ms), "quality": r.quality}
                 for r in rows]
 

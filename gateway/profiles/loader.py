@@ -147,6 +147,14 @@ class Catalog:
         object.__setattr__(self, "sites", {s.site_id: s for s in self.inventory.sites})
         object.__setattr__(self, "devices", {d.device_id: d for d in self.inventory.devices})
 
+    def typed(self, device_id: str, metric: str, value: object) -> object:
+        """A stored value in its point's type: SQLite keeps booleans as 0/1."""
+        prof = self.profile_of(device_id)
+        point = prof.point(metric) if prof is not None else None
+        if point is not None and point.type == "bool" and isinstance(value, int):
+            return bool(value)
+        return value
+
     def profile_of(self, device_id: str) -> Profile | None:
         dev = self.devices.get(device_id)
         return None if dev is None else self.profiles.get(dev.profile)
