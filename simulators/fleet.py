@@ -141,24 +141,27 @@ def _payload(d: SimDevice, rnd: random.Random, event: str | None = None) -> tupl
 
 
 def _malformed(d: SimDevice, rnd: random.Random, kind: str) -> tuple[str, bytes]:
+    """A bad message of the given kind. Each carries a sequence number, as real devices' messages do,
+    so two bad messages are never byte-identical (identical bytes redelivered count once)."""
+    seq = d.ts_ms()
     if kind == "bad_json":
-        return d.topic, b'{"ts": 1, "event": "heartbeat", '
+        return d.topic, b'{"seq": %d, "event": "heartbeat", ' % seq
     if kind == "wrong_type":
-        body: dict[str, Any] = {"ts": d.ts_ms() / 1000, "event": "heartbeat"}
+        body: dict[str, Any] = {"ts": seq / 1000, "event": "heartbeat"}
         body["staff_on_duty" if d.kind == "duty" else "battery"] = "full"
         return d.topic, json.dumps(body).encode()
     if kind == "missing_field":
         # pressure and level require their value; others fail on a bad time instead
         if d.kind in ("pressure", "level"):
-            return d.topic, json.dumps({"ts": d.ts_ms() / 1000, "battery": 50}).encode()
-        return d.topic, json.dumps({"ts": "yesterday", "event": "heartbeat"}).encode()
+            return d.topic, json.dumps({"ts": seq / 1000, "battery": 50}).encode()
+        return d.topic, json.dumps({"ts": "yesterday", "seq": seq, "event": "heartbeat"}).encode()
     if kind == "out_of_range":
-        return d.topic, json.dumps({"ts": d.ts_ms() / 1000, "battery": 250, "event": "heartbeat",
+        return d.topic, json.dumps({"ts": seq / 1000, "battery": 250, "event": "heartbeat",
                                     "staff_on_duty": 500, "pressure": 0.5, "level": 1.0,
                                     "data": {"value": 1, "unit": "MPa"}}).encode()
     if kind == "unknown_device":
-        return f"fire/{d.site_id}/{d.kind}/ghost-{rnd.randint(1, 10**9)}/up", b'{"ts": 1, "event": "heartbeat"}'
-    return d.topic, b'{"ts": 1, "pad": "' + b"x" * 20_000 + b'"}'
+        return f"fire/{d.site_id}/{d.kind}/ghost-{rnd.randint(1, 10**9)}/up", b'{"seq": %d}' % seq
+    return d.topic, b'{"seq": %d, "pad": "' % seq + b"x" * 20_000 + b'"}'
 
 
 @dataclass

@@ -72,6 +72,10 @@ class GatewayProc:
         return Path(self.env.get("FIREGW_STORE__PATH", str(self.workdir / "firegw.db")))
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> GatewayProc:
+        if "FIREGW_API__LISTEN" not in self.env:  # never the default 8080: it may be taken
+            from simulators.broker import free_port
+
+            self.env["FIREGW_API__LISTEN"] = f"127.0.0.1:{free_port()}"
         env = {**os.environ, "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
                "FIREGW_PROFILES_DIR": str(PROFILES), "FIREGW_PIPELINE__TICK_S": "0.2", **self.env}
         self.runs += 1

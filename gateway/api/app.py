@@ -491,17 +491,48 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
-    """uvicorn inside the gateway's event loop."""
+    """uvicorn inside the gateway's event loop.
+
+    The API failing (its port taken, say) must never stop ingestion: the server is retried every
+    few seconds and the failure shows in health (stage ``api``) until it listens.
+    """
+
+    RETRY_S = 5.0
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.app = create_app(ctx)
-        s = ctx.settings.api
-        self._server = _Server(uvicorn.Config(self.app, host=s.host, port=s.port, log_level="warning",
-                                              access_log=False, lifespan="off"))
+        self._stage = ctx.health.stage("api")
+        self._stopping = False
+        self._server: _Server | None = None
+
+    def _new_server(self) -> _Server:
+        s = self.ctx.settings.api
+        return _Server(uvicorn.Config(self.app, host=s.host, port=s.port, log_level="critical",
+                                      access_log=False, lifespan="off"))
 
     async def run(self) -> None:
-        await self._server.serve()
+        failed = False
+        while not self._stopping:
+            self._server = self._new_server()
+            task = asyncio.create_task(self._server.serve())
+            while not self._server.started and not task.done():
+                await asyncio.sleep(0.05)
+            if self._server.started:
+                self._stage.set_connected(True)
+                failed = False
+            try:
+                await task
+            except (SystemExit, OSError) as exc:  # uvicorn exits when it cannot bind
+                if not failed:
+                    logger.error("api: cannot listen on %s (%r); retrying every %.0f s", self.ctx.settings.api.listen,
+                                 exc, self.RETRY_S)
+                failed = True
+                self._stage.set_connected(False, f"cannot listen on {self.ctx.settings.api.listen}")
+            if not self._stopping:
+                await asyncio.sleep(self.RETRY_S)
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self._stopping = True
+        if self._server is not None:
+            self._server.should_exit = True
