@@ -58,11 +58,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     gw = Gateway(settings)
 
+    async def reload() -> None:
+        from gateway.profiles.loader import load_catalog
+
+        try:
+            catalog = await asyncio.to_thread(load_catalog, settings.profiles_dir, settings.inventory)
+        except ConfigError as exc:
+            logger.error("SIGHUP: profiles or inventory not valid; keeping the running set:\n%s",
+                         "\n".join(exc.problems))
+            return
+        await gw.reload(catalog)
+        logger.info("SIGHUP: reloaded %d profiles, %d sites, %d devices", len(catalog.profiles), len(catalog.sites),
+                    len(catalog.devices))
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        pending: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(reload())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await gw.run(stop)
 
     try:
