@@ -109,6 +109,7 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         print(f"  {len(gw.catalog.sites)} sites, {len(gw.catalog.devices)} devices; "
               f"logs in {workdir}/ (gateway.log, fleet.log, pumproom.log)")
         print(f"  dashboard: http://127.0.0.1:{api_port}/")
+        print(f"  viewer link: http://127.0.0.1:{api_port}/#token={tokens['viewer']}")
         print(f"  viewer token:   {tokens['viewer']}")
         print(f"  operator token: {tokens['operator']}")
         print(f"  admin token:    {tokens['admin']}", flush=True)

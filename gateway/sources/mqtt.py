@@ -14,10 +14,13 @@ than retrying forever in silence.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import random
 import ssl
 import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -33,14 +36,20 @@ from gateway.sources.base import RawSink
 
 __all__ = ["MqttSource"]
 
+#: Messages the receiver process holds while the gateway is not taking them; past this, paho stops
+#: reading the socket and the broker holds the rest (back-pressure, never a drop).
+_CHILD_PENDING_MAX = 20_000
+_FLUSH_EVERY_S = 0.002
+_FLUSH_AT = 500
+
 logger = logging.getLogger(__name__)
 
 _AUTH_CODES = {"Bad user name or password", "Not authorized", "Bad username or password",
                "Client identifier not valid", "Banned"}
 
 
-class MqttSource:
-    """Subscribes to the profiles' topic patterns and feeds the committer."""
+class _PahoReceiver:
+    """paho in this process: subscribes to the profiles' topic patterns and feeds a sink."""
 
     def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
                  name: str = "mqtt") -> None:
@@ -206,3 +215,192 @@ class MqttSource:
             self._stage.beat()
 
 
+
+
+# ---------------------------------------------------------------------------- receiver process
+
+
+class _BatchSink:
+    """In the receiver process: collects messages for the flusher; blocks paho when too many wait."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, bytes, int, int, bool, int]] = []
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def put(self, raw: RawMessage) -> bool:
+        while len(self.pending) >= _CHILD_PENDING_MAX and not self.stopping:
+            time.sleep(0.001)
+        if self.stopping:
+            return False
+        token = raw.token
+        assert isinstance(token, tuple)
+        with self.lock:
+            self.pending.append((raw.address, raw.payload, int(token[0]), int(token[1]), raw.redelivered,
+                                 raw.received_at_ms))
+        return True
+
+    def take(self) -> list[tuple[str, bytes, int, int, bool, int]]:
+        with self.lock:
+            out, self.pending = self.pending, []
+        return out
+
+
+def _child_main(settings_json: str, subscriptions: list[str], name: str, data: Connection, ctl: Connection) -> None:
+    """The receiver process: paho, a flusher sending batches to the gateway, and its commands."""
+    import pickle
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s mqtt-receiver: %(message)s")
+    settings = MqttSettings.model_validate_json(settings_json)
+    health = Health()
+    sink = _BatchSink()
+    receiver = _PahoReceiver(settings, subscriptions=subscriptions, sink=sink, health=health, name=name)
+    send_lock = threading.Lock()
+
+    def send(obj: object) -> None:
+        with send_lock:
+            data.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    try:
+        receiver.start()
+    except AuthenticationFailed as exc:
+        send(("fatal", str(exc)))
+        return
+    send(("started",))
+    stage = health.stage(f"source:{name}")
+    done = threading.Event()
+
+    def flusher() -> None:
+        last: tuple[bool | None, str | None] = (None, None)
+        while not done.is_set():
+            batch = sink.take()
+            if batch:
+                send(("batch", batch))
+            state = (stage.connected, stage.last_error)
+            if state != last:
+                last = state
+                send(("status", stage.connected, stage.last_error))
+            if len(sink.pending) < _FLUSH_AT:
+                time.sleep(_FLUSH_EVERY_S)
+
+    t = threading.Thread(target=flusher, name="mqtt-flusher", daemon=True)
+    t.start()
+    try:
+        while True:
+            cmd = ctl.recv()
+            if cmd[0] == "ack":
+                receiver.ack(cmd[1])
+            elif cmd[0] == "subscribe":
+                receiver.resubscribe(cmd[1])
+            elif cmd[0] == "stop":
+                break
+    except (EOFError, OSError):  # the gateway is gone (killed): leave at once, acknowledging nothing more
+        os._exit(0)
+    sink.stopping = True
+    receiver.stop()  # sends the acknowledgements queued before "stop", then DISCONNECT
+    done.set()
+
+
+class MqttSource:
+    """The MQTT source: paho runs in a receiver process of its own, so receiving (paho's Python
+    packet handling) and committing (decoding and SQLite) use both cores; see the README's design
+    notes for the measurement. Acknowledgements still go only after commit: the committer calls
+    :meth:`ack`, which tells the receiver process to send the PUBACKs.
+    """
+
+    def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
+                 name: str = "mqtt") -> None:
+        if not subscriptions:
+            raise ValueError("no topic to subscribe to: no MQTT profile is loaded")
+        self.name = name
+        self._settings = settings
+        self._subscriptions = list(subscriptions)
+        self._sink = sink
+        self._stage = health.stage(f"source:{name}", stall_after_s=60.0)
+        self._stage.connected = False
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._data: Connection | None = None
+        self._ctl: Connection | None = None
+        self._ctl_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._first = threading.Event()
+        self.fatal: AuthenticationFailed | None = None
+        self.received = 0
+
+    def start(self, first_connect_timeout_s: float = 15.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        data_parent, data_child = ctx.Pipe(duplex=False)
+        ctl_child, ctl_parent = ctx.Pipe(duplex=False)
+        self._data, self._ctl = data_parent, ctl_parent
+        self._proc = ctx.Process(target=_child_main, name=f"firegw-{self.name}-receiver", daemon=True,
+                                 args=(self._settings.model_dump_json(), self._subscriptions, self.name, data_child,
+                                       ctl_child))
+        self._proc.start()
+        data_child.close()
+        ctl_child.close()
+        self._reader = threading.Thread(target=self._read, name=f"firegw-{self.name}-reader", daemon=True)
+        self._reader.start()
+        if not self._first.wait(first_connect_timeout_s):
+            logger.warning("mqtt: the receiver process has not reported within %.0f s", first_connect_timeout_s)
+        if self.fatal is not None:
+            self.stop()
+            raise self.fatal
+
+    def _read(self) -> None:
+        import pickle
+
+        assert self._data is not None
+        sink, name, stage = self._sink, self.name, self._stage
+        while True:
+            try:
+                msg = pickle.loads(self._data.recv_bytes())
+            except (EOFError, OSError):
+                if self._proc is not None and self._proc.exitcode not in (None, 0):
+                    stage.set_connected(False, f"receiver process exited with {self._proc.exitcode}")
+                self._first.set()
+                return
+            kind = msg[0]
+            if kind == "batch":
+                taking = True
+                for topic, payload, mid, qos, dup, ms in msg[1]:
+                    if taking and sink.put(RawMessage(name, topic, payload, ms, (mid, qos), dup)):
+                        self.received += 1
+                    else:
+                        taking = False  # stopping: left unacknowledged, so the broker keeps them
+                stage.beat()
+            elif kind == "status":
+                stage.set_connected(bool(msg[1]), msg[2])
+            elif kind == "started":
+                self._first.set()
+            elif kind == "fatal":
+                self.fatal = AuthenticationFailed(msg[1].split(": ", 1)[-1], source=name)
+                logger.error("mqtt: %s", msg[1])
+                self._first.set()
+
+    def _send(self, obj: object) -> None:
+        if self._ctl is None:
+            return
+        with self._ctl_lock:
+            try:
+                self._ctl.send(obj)
+            except (OSError, ValueError):  # the receiver is gone; the broker redelivers what was not acked
+                pass
+
+    def ack(self, tokens: list[object]) -> None:
+        self._send(("ack", tokens))
+
+    def resubscribe(self, subscriptions: list[str]) -> None:
+        self._subscriptions = list(subscriptions)
+        self._send(("subscribe", self._subscriptions))
+
+    def stop(self) -> None:
+        """Acknowledgements already sent go first; then the receiver disconnects and exits."""
+        self._send(("stop",))
+        if self._proc is not None:
+            self._proc.join(15)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+        if self._reader is not None:
+            self._reader.join(5)
+        self._stage.connected = False
