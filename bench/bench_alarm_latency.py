@@ -27,8 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulators.broker import Mosquitto, free_port  # noqa: E402
-from simulators.fleet import build_devices, inventory_for  # noqa: E402
+from simulators.broker import Mosquitto, free_port
+from simulators.fleet import build_devices, inventory_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
