@@ -50,19 +50,29 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         store = self.store = Store(s.store.path, synchronous=s.store.synchronous).open()
+        notifier = self._notifier()
+        forwarder = self._forwarder()
         if self._hooks_factory is not None:
             hooks: Hooks = self._hooks_factory(self.catalog, s)
         else:
             from gateway.workflow_hooks import WorkflowHooks
 
-            hooks = self.workflow = WorkflowHooks(self.catalog, self.health)
+            hooks = self.workflow = WorkflowHooks(
+                self.catalog, self.health, destinations=notifier.destinations() if notifier else ())
         committer = self.committer = Committer(
             store=store, catalog=self.catalog, health=self.health, inbox_size=s.pipeline.inbox_size,
             max_batch=s.pipeline.max_batch, tick_s=s.pipeline.tick_s, hooks=hooks,
             retention=RetentionPolicy(readings_days=s.store.retention_days, messages_days=s.store.dedup_days,
                                       dead_letters_days=s.store.dead_letter_days))
+        for wakeable in (notifier, forwarder):
+            if wakeable is not None:
+                committer.on_commit.append(wakeable.wake)
         committer.start()
         tasks: list[asyncio.Task[None]] = []
+        if notifier is not None:
+            tasks.append(asyncio.create_task(notifier.run(), name="notify"))
+        if forwarder is not None:
+            tasks.append(asyncio.create_task(forwarder.run(), name="forward"))
         try:
             subs = committer.normalizer.subscriptions
             if s.mqtt.enabled and subs:
@@ -107,6 +117,22 @@ class Gateway:
 
         source = ModbusSource(catalog=self.catalog, commit=commit, health=self.health)
         return source.run
+
+    def _notifier(self) -> Any:
+        s = self.settings
+        if not s.webhook.url and not s.events_mqtt.enabled:
+            return None
+        from gateway.notify.worker import Notifier
+
+        return Notifier(settings=s, catalog=self.catalog, store_path=s.store.path, health=self.health)
+
+    def _forwarder(self) -> Any:
+        s = self.settings
+        if not s.influx.url:
+            return None
+        from gateway.sinks.forwarder import Forwarder
+
+        return Forwarder(settings=s.influx, catalog=self.catalog, store_path=s.store.path, health=self.health)
 
     def _api_server(self, committer: Committer) -> Any:
         from gateway.api import ApiContext, ApiServer
