@@ -181,7 +181,7 @@ def _outbox(db: Path) -> list[tuple[str, str]]:
 
 
 def _all_delivered(db: Path) -> bool:
-    return _query(db, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0] == 0
+    return bool(_query(db, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0] == 0)
 
 
 def _trail(db: Path) -> list[tuple[str, str]]:
