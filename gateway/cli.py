@@ -276,7 +276,8 @@ def cmd_sites(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulators.demo import run_demo
 
-    rc: int = run_demo(duration=args.duration, workdir=Path(args.workdir), devices=args.devices, rate=args.rate)
+    rc: int = run_demo(duration=args.duration, workdir=Path(args.workdir), devices=args.devices, rate=args.rate,
+                       workflow=args.workflow)
     return rc
 
 
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/demo", help="where the demo keeps its store and broker files")
     p.add_argument("--devices", type=int, default=40)
     p.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
+    p.add_argument("--workflow", default="record", choices=["record", "ack-resolve"],
+                   help="the simulated grid workflow: record what it gets, or also answer through the API")
     p.set_defaults(fn=cmd_demo)
 
     prof = sub.add_parser("profiles", help="check, describe and try device profiles").add_subparsers(

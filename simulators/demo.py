@@ -66,7 +66,8 @@ def _wait_line(path: Path, text: str, timeout: float) -> bool:
     return False
 
 
-def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: float = 1.0) -> int:
+def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: float = 1.0,
+             workflow: str = "record") -> int:
     from gateway.pipeline import Gateway
     from gateway.settings import load_settings
     from gateway.store.sqlite import Store
@@ -99,20 +100,29 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         config.write_text(yaml.safe_dump({"api": {"tokens": [
             {"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]}}), encoding="utf-8")
         api_port = 8080 if _port_free(8080) else free_port()
+        hook_port = free_port()
+        hook_secret = secrets.token_urlsafe(18)
+        procs.append(_spawn(["workflow", "--listen", f"127.0.0.1:{hook_port}", "--secret", hook_secret,
+                             "--scenario", workflow, "--api", f"http://127.0.0.1:{api_port}",
+                             "--token", tokens["operator"]], workdir / "workflow.log"))
+        _wait_line(workdir / "workflow.log", "listening", 20)
         settings = load_settings(config, env={**os.environ, "FIREGW_MQTT__URL": broker.url,
                                             "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
+                                            "FIREGW_WEBHOOK__URL": f"http://127.0.0.1:{hook_port}/events",
+                                            "FIREGW_WEBHOOK__SECRET": hook_secret,
                                             "FIREGW_STORE__PATH": str(db), "FIREGW_INVENTORY": str(inv),
                                             "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
                                             "FIREGW_MQTT__CLIENT_ID": "firegw-demo"})
         gw = Gateway(settings)
         print(f"firegw demo: broker {broker.url}, store {db}")
         print(f"  {len(gw.catalog.sites)} sites, {len(gw.catalog.devices)} devices; "
-              f"logs in {workdir}/ (gateway.log, fleet.log, pumproom.log)")
+              f"logs in {workdir}/ (gateway.log, fleet.log, pumproom.log, workflow.log)")
         print(f"  dashboard: http://127.0.0.1:{api_port}/")
         print(f"  viewer link: http://127.0.0.1:{api_port}/#token={tokens['viewer']}")
         print(f"  viewer token:   {tokens['viewer']}")
         print(f"  operator token: {tokens['operator']}")
-        print(f"  admin token:    {tokens['admin']}", flush=True)
+        print(f"  admin token:    {tokens['admin']}")
+        print(f"  grid workflow receiver (scenario {workflow}): http://127.0.0.1:{hook_port}/received", flush=True)
         fleet_seconds = duration if duration is not None else 24 * 3600
         procs.append(_spawn(["fleet", "--broker", broker.url, "--devices", str(devices), "--rate", str(rate),
                              "--duration", str(fleet_seconds), "--scenario", "button-alarm",
