@@ -3,6 +3,7 @@ bad requests, and the OpenAPI schema."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from simulators.broker import Mosquitto, free_port
-from tests.support import GatewayProc, run_fleet, wait_for, write_inventory
+from tests.support import PROFILES, GatewayProc, run_fleet, wait_for, write_inventory
 
 TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789",
           "admin": "admin-token-0123456789"}
@@ -26,9 +27,12 @@ def api(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[GatewayProc, str]]:
     config.write_text(yaml.safe_dump({"api": {"tokens": [
         {"name": f"{role}-user", "role": role, "token": tok} for role, tok in TOKENS.items()]}}))
     port = free_port()
+    profiles = tmp_path / "profiles"  # activation writes into the profiles folder: never the repository's
+    shutil.copytree(PROFILES, profiles)
     gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
                                            "FIREGW_CONFIG": str(config), "FIREGW_API__LISTEN": f"127.0.0.1:{port}",
-                                           "FIREGW_MQTT__CLIENT_ID": f"api-{port}"}).start()
+                                           "FIREGW_MQTT__CLIENT_ID": f"api-{port}",
+                                           "FIREGW_PROFILES_DIR": str(profiles)}).start()
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: _up(base), 15, "API listening")
     try:
@@ -129,7 +133,7 @@ def test_profiles_validate_and_activate_without_restart(api: tuple[GatewayProc, 
     r = httpx.post(f"{base}/api/v1/profiles/validate", json=bad, headers=_h("viewer"))
     assert r.status_code == 200 and not r.json()["valid"]
     assert any("points[0]" in p and "furlong" in p for p in r.json()["problems"])
-    text = (Path(__file__).parent.parent / "device_profiles" / "water-level-sensor.yaml").read_text()
+    text = (PROFILES / "water-level-sensor.yaml").read_text()
     text = text.replace("version: 1", "version: 2")
     good = {"profile_yaml": text, "sample": '{"ts": 1764400000, "level": 3.5}'}
     r = httpx.post(f"{base}/api/v1/profiles/validate", json=good, headers=_h("viewer"))
@@ -140,6 +144,7 @@ def test_profiles_validate_and_activate_without_restart(api: tuple[GatewayProc, 
     profs = {p["profile"]: p for p in httpx.get(f"{base}/api/v1/profiles", headers=_h("viewer")).json()}
     assert profs["water-level-sensor"]["version"] == 2
     assert gw.proc is not None and gw.proc.poll() is None  # no restart
+    assert "version: 2" in Path(gw.env["FIREGW_PROFILES_DIR"], "water-level-sensor.yaml").read_text()
 
 
 def test_readyz_and_metrics(api: tuple[GatewayProc, str]) -> None:
