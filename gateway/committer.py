@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.health import Health
 from gateway.models import DeadLetter, RawMessage, Reading
-from gateway.normalize.router import MqttNormalizer
+from gateway.normalize.router import Decoded, MqttNormalizer
 from gateway.profiles.loader import Catalog
 from gateway.sources.base import PollBatch
 from gateway.store.sqlite import Store
@@ -228,46 +228,63 @@ class Committer:
                 return
 
     def _process(self, items: list[RawMessage | _Job], tick: bool) -> None:
+        """Decode what was taken, then commit: the urgent lane first, in a small transaction of its own.
+
+        A bulk transaction's cost grows with the number of series it touches (each one's index tail is
+        a page to write), so an alarm that shared it would wait for all of that. Messages that produced
+        an urgent reading, polls with one, and people's actions are committed and acknowledged first;
+        then the rest. On a retry (the store failed) only what is left in ``items`` is done again.
+        """
+        raws = [it for it in items if isinstance(it, RawMessage)]
+        jobs = [it for it in items if isinstance(it, _Job)]
+        blake = hashlib.blake2b
+        decoded = [(raw, blake(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest(),
+                    self.normalizer.normalize(raw)) for raw in raws]
+        urgent = [d for d in decoded if any(r.urgent for r in d[2].readings)]
+        urgent_jobs = [j for j in jobs if j.fn is not None or (j.batch is not None and
+                                                               any(r.urgent for r in j.batch.readings))]
+        if (urgent or urgent_jobs) and (len(urgent) < len(decoded) or len(urgent_jobs) < len(jobs)):
+            self._commit(urgent, urgent_jobs, False)
+            done = {id(d[0]) for d in urgent} | {id(j) for j in urgent_jobs}
+            items[:] = [it for it in items if id(it) not in done]
+            decoded = [d for d in decoded if id(d[0]) not in done]
+            jobs = [j for j in jobs if id(j) not in done]
+            self._stage.count("urgent_commits")
+        self._commit(decoded, jobs, tick)
+
+    def _commit(self, decoded: list[tuple[RawMessage, bytes, Decoded]], jobs: list[_Job], tick: bool) -> None:
         store = self.store
         now_ms = int(time.time() * 1000)
         readings: list[Reading] = []
         dead: list[DeadLetter] = []
         seen: dict[str, tuple[str, int]] = {}
         acks: dict[str, list[object]] = {}
-        jobs: list[_Job] = []
         accepted = duplicates = 0
-        raws = [it for it in items if isinstance(it, RawMessage)]
-        for it in items:
-            if isinstance(it, _Job):
-                jobs.append(it)
         polls = [j.batch for j in jobs if j.batch is not None]
         with store.transaction():
-            blake = hashlib.blake2b
-            digests = [blake(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest() for raw in raws]
-            known = store.known_messages(digests) if raws else set()
+            known = store.known_messages([d[1] for d in decoded]) if decoded else set()
             batch_seen: set[bytes] = set()
             records: list[tuple[bytes, int, int]] = []
-            for raw, digest in zip(raws, digests, strict=True):
+            for raw, digest, dec in decoded:
                 if raw.token is not None:
                     acks.setdefault(raw.source, []).append(raw.token)
-                decoded = self.normalizer.normalize(raw)
                 # A message seen before is a redelivery when the source says so (MQTT DUP) or when it
                 # carries its own time (same bytes, same reading). Identical untimed payloads that are
                 # not redeliveries (a bare heartbeat) are new messages: their readings take receive time.
                 seen_before = digest in known or digest in batch_seen
-                if seen_before and (raw.redelivered or decoded.device_time):
+                if seen_before and (raw.redelivered or dec.device_time):
                     duplicates += 1
                     continue
                 if not seen_before:
                     batch_seen.add(digest)
-                    records.append((digest, raw.received_at_ms, 1 if decoded.dead is not None else 0))
-                if decoded.dead is not None:
-                    dead.append(decoded.dead)
+                    records.append((digest, raw.received_at_ms, 1 if dec.dead is not None else 0))
+                if dec.dead is not None:
+                    dead.append(dec.dead)
                     continue
                 accepted += 1
-                readings.extend(decoded.readings)
-                if decoded.device_id is not None:
-                    seen[decoded.device_id] = (self._device_sites.get(decoded.device_id, ""), raw.received_at_ms)
+                readings.extend(dec.readings)
+                if dec.device_id is not None:
+                    seen[dec.device_id] = (self._device_sites.get(dec.device_id, ""), raw.received_at_ms)
             store.record_messages(records)
             for batch in polls:
                 readings.extend(batch.readings)

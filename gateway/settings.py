@@ -106,7 +106,8 @@ class StoreSettings(_Section):
 
 class PipelineSettings(_Section):
     inbox_size: int = Field(default=20_000, ge=1, le=1_000_000, description="bounded inbox of the committer")
-    max_batch: int = Field(default=1_000, ge=1, le=100_000)
+    max_batch: int = Field(default=5_000, ge=1, le=100_000,
+                           description="most messages in one bulk transaction (urgent ones go first, apart)")
     tick_s: float = Field(default=1.0, gt=0, le=60)
 
 

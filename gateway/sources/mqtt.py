@@ -266,8 +266,9 @@ def _child_main(settings_json: str, subscriptions: list[str], name: str, data: C
     except AuthenticationFailed as exc:
         send(("fatal", str(exc)))
         return
-    send(("started",))
     stage = health.stage(f"source:{name}")
+    send(("status", stage.connected, stage.last_error))  # before "started": the gateway's first look is right
+    send(("started",))
     done = threading.Event()
 
     def flusher() -> None:
@@ -316,8 +317,7 @@ class MqttSource:
         self._settings = settings
         self._subscriptions = list(subscriptions)
         self._sink = sink
-        self._stage = health.stage(f"source:{name}", stall_after_s=60.0)
-        self._stage.connected = False
+        self._stage = health.stage(f"source:{name}", stall_after_s=60.0)  # connected: unknown until it reports
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._data: Connection | None = None
         self._ctl: Connection | None = None
