@@ -11,10 +11,10 @@ was being committed.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import logging
-import collections
 import sqlite3
 import threading
 import time
