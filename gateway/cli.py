@@ -285,9 +285,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="firegw", description="Fire-safety IoT telemetry gateway")
-    parser.add_argument("--config", type=Path, default=None, help="YAML config file (default: $FIREGW_CONFIG)")
+    # --config is accepted before or after the command: `firegw --config F run` and `firegw run --config F`
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="YAML config file (default: $FIREGW_CONFIG)")
+    parser = argparse.ArgumentParser(prog="firegw", description="Fire-safety IoT telemetry gateway",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kw)
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("run", help="run the gateway in the foreground")
     p.set_defaults(fn=cmd_run)
@@ -303,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profiles", help="check, describe and try device profiles").add_subparsers(
         dest="profiles_command", required=True)
+    _add_prof = prof.add_parser
+
+    def add_prof(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add_prof(name, parents=[common], **kw)
+    prof.add_parser = add_prof  # type: ignore[method-assign]
     p = prof.add_parser("check", help="validate profiles and inventory files or directories")
     p.add_argument("paths", nargs="*")
     p.set_defaults(fn=cmd_profiles_check)
