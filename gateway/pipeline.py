@@ -45,13 +45,14 @@ class Gateway:
         self.mqtt: MqttSource | None = None
         self.workflow: Any = None
         self.api: Any = None
+        self.forwarder: Any = None
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         store = self.store = Store(s.store.path, synchronous=s.store.synchronous).open()
         notifier = self._notifier()
-        forwarder = self._forwarder()
+        forwarder = self.forwarder = self._forwarder()
         if self._hooks_factory is not None:
             hooks: Hooks = self._hooks_factory(self.catalog, s)
         else:
@@ -188,6 +189,8 @@ class Gateway:
         assert committer is not None
         await asyncio.wrap_future(committer.call(lambda store: committer.reload(catalog)))
         self.catalog = catalog
+        if self.forwarder is not None:
+            self.forwarder.update_catalog(catalog)
         if self.mqtt is not None:
             await asyncio.to_thread(self.mqtt.resubscribe, committer.normalizer.subscriptions)
 

@@ -209,7 +209,10 @@ class Store:
         """Delete old rows (retention), at most ``limit`` per table per call; returns rows deleted."""
         n = 0
         with self.transaction() as c:
-            n += c.execute("DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE ts < ? LIMIT ?)",
+            # never a reading a sink has not confirmed, and never the newest row (its seq must not be reused)
+            n += c.execute("DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE ts < ? AND "
+                           "seq < (SELECT max(seq) FROM readings) AND "
+                           "seq <= coalesce((SELECT min(seq) FROM sink_cursors), 9223372036854775807) LIMIT ?)",
                            (readings_before_ms, limit)).rowcount
             n += c.execute("DELETE FROM messages WHERE hash IN (SELECT hash FROM messages WHERE received_at < ? "
                            "LIMIT ?)", (messages_before_ms, limit)).rowcount
