@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import itertools
 import logging
 import sqlite3
 import threading
@@ -29,7 +30,12 @@ from gateway.profiles.loader import Catalog
 from gateway.sources.base import PollBatch
 from gateway.store.sqlite import Store
 
-__all__ = ["Committer", "Hooks", "RetentionPolicy"]
+__all__ = ["RECENT_IDS", "Committer", "Hooks", "RetentionPolicy"]
+
+#: Message ids remembered for redelivery checks: more than can be unacknowledged at a crash
+#: (the broker's in-flight window, the receiver's pending list and the inbox), so every redelivery
+#: of a committed message is recognised.
+RECENT_IDS = 200_000
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +98,7 @@ class Committer:
         self._inbox: collections.deque[RawMessage | _Job | _Stop] = collections.deque()
         self._inbox_size = inbox_size
         self._wake = threading.Event()
+        self._recent: dict[bytes, None] | None = None
         self._sleeping = False
         self._max_batch = max_batch
         self._tick_s = tick_s
@@ -262,7 +269,7 @@ class Committer:
         accepted = duplicates = 0
         polls = [j.batch for j in jobs if j.batch is not None]
         with store.transaction():
-            known = store.known_messages([d[1] for d in decoded]) if decoded else set()
+            known = self._recent_ids()
             batch_seen: set[bytes] = set()
             records: list[tuple[bytes, int, int]] = []
             for raw, digest, dec in decoded:
@@ -318,6 +325,7 @@ class Committer:
                 store.conn.execute("RELEASE job")
             if tick:
                 self.hooks.on_tick(store, now_ms)
+        self._remember(batch_seen)
         for fn in self.on_commit:
             fn()
         for source, tokens in acks.items():
@@ -337,6 +345,21 @@ class Committer:
         if tick and time.monotonic() - self._last_prune > self._retention.every_s:
             self._last_prune = time.monotonic()
             self._prune(now_ms)
+
+    def _recent_ids(self) -> dict[bytes, None]:
+        """Ids of the newest messages (insertion-ordered), loaded from the log the first time."""
+        if self._recent is None:
+            self._recent = dict.fromkeys(self.store.recent_message_ids(RECENT_IDS))
+        return self._recent
+
+    def _remember(self, ids: set[bytes]) -> None:
+        recent = self._recent_ids()
+        for digest in ids:
+            recent[digest] = None
+        excess = len(recent) - RECENT_IDS
+        if excess > 0:
+            for digest in list(itertools.islice(recent, excess)):
+                del recent[digest]
 
     def _prune(self, now_ms: int) -> None:
         day = 86_400_000

@@ -129,26 +129,17 @@ class Store:
 
     # ------------------------------------------------------------------ writes (inside a transaction)
 
-    def known_messages(self, digests: Sequence[bytes]) -> set[bytes]:
-        """Which of these message ids are already recorded (one query for a whole batch)."""
-        found: set[bytes] = set()
-        for i in range(0, len(digests), 500):
-            chunk = digests[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(row[0] for row in self.conn.execute(f"SELECT hash FROM messages WHERE hash IN ({marks})",
-                                                             chunk))
-        return found
+    def recent_message_ids(self, limit: int) -> list[bytes]:
+        """The newest ``limit`` message ids, oldest first (the committer's redelivery window)."""
+        rows = self.conn.execute("SELECT hash FROM message_log WHERE rowid > "
+                                 "coalesce((SELECT max(rowid) FROM message_log), 0) - ? ORDER BY rowid",
+                                 (limit,)).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     def record_messages(self, rows: Sequence[tuple[bytes, int, int]]) -> None:
-        """Record message ids (hash, received_at_ms, dead) idempotently."""
+        """Append message ids (hash, received_at_ms, dead)."""
         if rows:
-            self.conn.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)", rows)
-
-    def claim_message(self, digest: bytes, received_at_ms: int, dead: bool) -> bool:
-        """Record a message id; False when it was already recorded (a redelivery)."""
-        cur = self.conn.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?)",
-                                (digest, received_at_ms, 1 if dead else 0))
-        return cur.rowcount == 1
+            self.conn.executemany("INSERT INTO message_log VALUES (?, ?, ?)", rows)
 
     def insert_readings(self, readings: Sequence[Reading]) -> int:
         """Insert readings idempotently; returns how many were new."""
@@ -214,8 +205,8 @@ class Store:
                            "seq < (SELECT max(seq) FROM readings) AND "
                            "seq <= coalesce((SELECT min(seq) FROM sink_cursors), 9223372036854775807) LIMIT ?)",
                            (readings_before_ms, limit)).rowcount
-            n += c.execute("DELETE FROM messages WHERE hash IN (SELECT hash FROM messages WHERE received_at < ? "
-                           "LIMIT ?)", (messages_before_ms, limit)).rowcount
+            n += c.execute("DELETE FROM message_log WHERE rowid IN (SELECT rowid FROM message_log WHERE "
+                           "received_at < ? ORDER BY rowid LIMIT ?)", (messages_before_ms, limit)).rowcount
             n += c.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE at < ? "
                            "LIMIT ?)", (dead_before_ms, limit)).rowcount
         return n
