@@ -36,6 +36,7 @@ __all__ = ["RECENT_IDS", "Committer", "Hooks", "RetentionPolicy"]
 #: (the broker's in-flight window, the receiver's pending list and the inbox), so every redelivery
 #: of a committed message is recognised.
 RECENT_IDS = 200_000
+CHECKPOINT_EVERY_S = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Committer:
         self._acks: dict[str, AckFn] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="firegw-committer", daemon=True)
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="firegw-checkpoint", daemon=True)
         self._stage = health.stage("committer", stall_after_s=30.0)
         self._last_prune = 0.0
         self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
@@ -166,7 +168,25 @@ class Committer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # WAL checkpoints run in a thread of their own, on their own connection: copying the WAL into
+        # the database file must not happen inside a commit that an alarm is waiting for.
+        self.store.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer.start()
         self._thread.start()
+
+    def _checkpoint_loop(self) -> None:
+        import sqlite3 as _sqlite3
+
+        conn = _sqlite3.connect(self.store.path, timeout=30.0, isolation_level=None)
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except _sqlite3.Error as exc:
+                    logger.debug("checkpoint: %s", exc)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking messages, commit and acknowledge everything already taken, then return."""
@@ -174,6 +194,7 @@ class Committer:
         self._inbox.append(_Stop())
         self._wake.set()
         self._thread.join(timeout)
+        self._checkpointer.join(timeout)
 
     # ------------------------------------------------------------------ the loop
 
