@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,10 +40,6 @@ class StoredReading:
     received_at_ms: int
     quality: str
     urgent: bool
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Store:
@@ -279,6 +274,3 @@ class Store:
                  "status": r[4], "status_since_ms": r[5], "status_reason": r[6], "link": r[7],
                  "latest": latest.get(r[0], {})} for r in rows]
 
-
-def now_ms() -> int:
-    return _now_ms()
