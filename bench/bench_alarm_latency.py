@@ -33,6 +33,25 @@ from simulators.fleet import build_devices, inventory_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _wait_ready(listen: str, gw: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until the gateway's API answers (it starts after the store, the rules and the MQTT source)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gw.poll() is not None:
+            raise SystemExit(f"the gateway exited with {gw.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://{listen}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"the gateway was not ready within {timeout:.0f} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=30.0)
@@ -56,7 +75,7 @@ def main() -> int:
     gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT)
     fleet = None
     try:
-        time.sleep(3)  # start-up (imports, schema); not part of any measured figure
+        _wait_ready(env["FIREGW_API__LISTEN"], gw)
         fleet = subprocess.Popen([sys.executable, "-m", "simulators", "fleet", "--broker", broker.url, "--devices",
                                   str(args.devices), "--rate", str(args.bulk_rate / args.devices), "--duration",
                                   str(args.duration + 4), "--seed", "3", "--quiet"], cwd=ROOT,

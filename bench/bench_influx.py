@@ -42,8 +42,8 @@ from gateway.settings import InfluxSettings
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.influx import LineEncoder
 from gateway.store.sqlite import Store
-from tests.support import PROFILES, write_inventory
-from tests.test_influx import InProcess, VictoriaMetrics, caught_up, cursors
+from tests.support import PROFILES, RunningInThread, write_inventory
+from tests.test_influx import VictoriaMetrics, caught_up, cursors
 
 BATCH = 5_000
 
@@ -127,7 +127,7 @@ def forward(vm: VictoriaMetrics, db: Path, catalog: Catalog) -> float:
     fwd = Forwarder(settings=InfluxSettings(url=vm.url, token="t", org="o", bucket="b"), catalog=catalog,
                     store_path=db, health=Health())
     t0 = time.perf_counter()
-    run = InProcess(fwd)
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
     try:
         while not caught_up(db):
             time.sleep(0.01)

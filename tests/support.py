@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.store.sqlite import Store
 
@@ -122,3 +125,44 @@ class GatewayProc:
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
+
+
+class _Runnable(Protocol):
+    def run(self) -> Coroutine[Any, Any, None]: ...
+
+
+class RunningInThread:
+    """An async component's ``run()`` on its own event loop in a thread; ``stop()`` cancels it and
+    re-raises whatever it failed with."""
+
+    def __init__(self, component: _Runnable, *, name: str = "component", timeout: float = 10.0) -> None:
+        self.component = component
+        self.name = name
+        self.timeout = timeout
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        assert self._started.wait(10), f"{name} did not start"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self.component.run())
+        self._started.set()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        if self._loop is not None and self._task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: the task ended by itself
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(self.timeout)
+        assert not self._thread.is_alive(), f"{self.name} did not stop"
+        if self.error is not None:
+            raise self.error

@@ -13,7 +13,6 @@ the process killed; until then the forwarder runs as its own process over the ga
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -43,7 +42,17 @@ from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.influx import QUALITY_CODES, LineEncoder, escape_tag
 from gateway.store.sqlite import Store
 from simulators.broker import Mosquitto, free_port
-from tests.support import PROFILES, PYTHON, ROOT, GatewayProc, run_fleet, store_stats, wait_for, write_inventory
+from tests.support import (
+    PROFILES,
+    PYTHON,
+    ROOT,
+    GatewayProc,
+    RunningInThread,
+    run_fleet,
+    store_stats,
+    wait_for,
+    write_inventory,
+)
 
 #: The outage of the database in the VictoriaMetrics scenario (the issue's 30 s) and the InfluxDB one.
 OUTAGE_VM_S = 30.0
@@ -352,40 +361,6 @@ class ForwarderProc:
         return int(rc)
 
 
-class InProcess:
-    """A :class:`Forwarder` running on its own event loop in a thread; ``stop()`` cancels it."""
-
-    def __init__(self, fwd: Forwarder) -> None:
-        self.fwd = fwd
-        self.error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-        self._thread.start()
-        assert self._started.wait(10)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self.fwd.run())
-        self._started.set()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        if self._loop is not None and self._task is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "forwarder did not stop"
-        if self.error is not None:
-            raise self.error
-
-
 def _catalog(tmp_path: Path, devices: int, town: str | None = None) -> tuple[Catalog, Path]:
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, devices)
@@ -549,7 +524,7 @@ def test_rejected_point_is_dead_lettered_and_the_rest_goes_on(tmp_path: Path, in
     assert influx1.write(f'level_sensor,device=other,metric=level value="not a number" {t0}') == 204
     fwd = Forwarder(settings=_settings(influx1.url, api="v1", bucket="firegw", batch_size=1000,
                                        flush_interval_s=0.1), catalog=catalog, store_path=db, health=Health())
-    run = InProcess(fwd)
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
     try:
         wait_for(lambda: caught_up(db), 30, "every reading confirmed or dead-lettered")
     finally:
@@ -589,7 +564,7 @@ def test_eviction_bound_evicts_oldest_bulk_and_keeps_every_urgent(tmp_path: Path
     fwd = Forwarder(settings=_settings(f"http://127.0.0.1:{port}", batch_size=batch, max_backlog_mb=0.1,
                                        flush_interval_s=0.1), catalog=catalog, store_path=db, health=health,
                     backoff_min_s=0.05, backoff_max_s=0.3)
-    run = InProcess(fwd)
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
     server: VictoriaMetrics | None = None
     try:
         wait_for(lambda: counter(db, "evicted") > 0, 20, "eviction while the database is down")
@@ -633,7 +608,7 @@ def test_urgent_readings_overtake_a_draining_backlog(tmp_path: Path) -> None:
                     store_path=db, health=Health())
     button = next(d for d in catalog.inventory.devices if d.profile == "onekey-alarm-button")
     latencies: list[tuple[float, int]] = []
-    run = InProcess(fwd)
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
     try:
         wait_for(lambda: cursors(db).get("influx", 0) > 0, 30, "the backlog draining")
         with Store(db, synchronous="normal") as store:

@@ -40,7 +40,7 @@ from gateway.store.sqlite import Store
 from gateway.store.workflow import WorkflowStore
 from simulators.broker import Mosquitto
 from simulators.workflow import Receiver
-from tests.support import PYTHON, ROOT, wait_for
+from tests.support import PYTHON, ROOT, RunningInThread, wait_for
 from tests.test_rules import catalog, device, site
 
 SECRET = "test-secret-0123456789"
@@ -139,40 +139,6 @@ def _outbox(db: Path, destination: str = "webhook") -> list[tuple[str, int | Non
         rows = c.execute("SELECT event_id, delivered_at, attempts, last_error FROM outbox WHERE destination = ? "
                          "ORDER BY seq", (destination,)).fetchall()
     return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-
-class Running:
-    """A Notifier's ``run()`` on its own event loop in a thread; ``stop()`` cancels it."""
-
-    def __init__(self, notifier: Notifier) -> None:
-        self.notifier = notifier
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._started = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-        self._thread.start()
-        assert self._started.wait(5)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self.notifier.run())
-        self._started.set()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        assert self._loop is not None and self._task is not None
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "notifier did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.fixture
@@ -277,7 +243,7 @@ def test_every_event_delivered_once_in_order_and_signed(store: Store, receiver: 
     health = Health()
     notifier = _notifier(_settings(receiver.url + "/hook"), cat, store, health)
     book = Book(cat)
-    run = Running(notifier)
+    run = RunningInThread(notifier, name="notifier")
     try:
         records = _write(store, book.fires(6) + book.hazards(["r1", "r2", "r3"]), ["webhook"], notifier)
         wait_for(lambda: len(receiver.received()) == len(records), 15, "every event received")
@@ -303,7 +269,7 @@ def test_receiver_down_then_back_delivers_everything_once_in_order(store: Store)
     book = Book(cat)
     with Receiver(secret=SECRET, scenario="down", down_after=5, down_for=2.0) as receiver:
         notifier = _notifier(_settings(receiver.url, timeout_s=0.5), cat, store, health)
-        run = Running(notifier)
+        run = RunningInThread(notifier, name="notifier")
         try:
             records = _write(store, book.fires(6), ["webhook"], notifier)
             wait_for(lambda: receiver.stats()["down"], 10, "the receiver to go down")
@@ -326,7 +292,8 @@ def test_failing_receiver_keeps_events_waiting_then_delivers(store: Store, scena
     health = Health()
     book = Book(cat)
     with Receiver(secret=SECRET, scenario=scenario, sleep_s=1.0) as receiver:
-        run = Running(notifier := _notifier(_settings(receiver.url, timeout_s=0.3), cat, store, health))
+        notifier = _notifier(_settings(receiver.url, timeout_s=0.3), cat, store, health)
+        run = RunningInThread(notifier, name="notifier")
         try:
             records = _write(store, book.fires(3), ["webhook"], notifier)
             stage = health.stage("notify:webhook")
@@ -351,7 +318,7 @@ def test_retry_after_and_flaky_are_honoured(store: Store) -> None:
     cat = _catalog()
     book = Book(cat)
     with Receiver(secret=SECRET, scenario="retry-after") as receiver:
-        run = Running(notifier := _notifier(_settings(receiver.url), cat, store))
+        run = RunningInThread(notifier := _notifier(_settings(receiver.url), cat, store), name="notifier")
         try:
             records = _write(store, book.fires(2)[:2], ["webhook"], notifier)
             wait_for(lambda: _all_delivered(store.path), 15, "every event delivered")
@@ -364,7 +331,7 @@ def test_retry_after_and_flaky_are_honoured(store: Store) -> None:
             assert tries[1]["at_ms"] - tries[0]["at_ms"] >= 1000, "retried before Retry-After: 1"
         assert _by_subject(receiver.received()) == _expected(records)
         receiver.scenario = "flaky"
-        run = Running(notifier)
+        run = RunningInThread(notifier, name="notifier")
         try:
             records += _write(store, book.hazards(["r1", "r2", "r3"]), ["webhook"], notifier)
             wait_for(lambda: len(receiver.received()) == len(records), 15, "every event received (flaky)")
@@ -380,7 +347,7 @@ def test_rejected_event_is_kept_counted_and_holds_its_subject(store: Store) -> N
     health = Health()
     book = Book(cat)
     with Receiver(secret=SECRET, scenario="reject") as receiver:
-        run = Running(notifier := _notifier(_settings(receiver.url), cat, store, health))
+        run = RunningInThread(notifier := _notifier(_settings(receiver.url), cat, store, health), name="notifier")
         try:
             records = _write(store, book.fires(1)[:3], ["webhook"], notifier)
             stage = health.stage("notify:webhook")
@@ -402,7 +369,7 @@ def test_cancelled_mid_delivery_and_restarted_loses_nothing(store: Store) -> Non
     with Receiver(secret=SECRET, scenario="timeout", sleep_s=0.3) as receiver:
         settings = _settings(receiver.url, timeout_s=5.0)
         notifier = _notifier(settings, cat, store)
-        run = Running(notifier)
+        run = RunningInThread(notifier, name="notifier")
         records = _write(store, book.fires(10), ["webhook"], notifier)
         try:
             wait_for(lambda: len(receiver.received()) >= 8, 15, "some deliveries")
@@ -411,7 +378,8 @@ def test_cancelled_mid_delivery_and_restarted_loses_nothing(store: Store) -> Non
         delivered_before = {e for e, d, _, _ in _outbox(store.path) if d is not None}
         assert 0 < len(delivered_before) < len(records)
         receiver.scenario = "record"
-        run = Running(_notifier(settings, cat, store))  # a new process would do the same: read the outbox
+        # a new process would do the same: read the outbox
+        run = RunningInThread(_notifier(settings, cat, store), name="notifier")
         try:
             wait_for(lambda: _all_delivered(store.path), 15, "everything delivered")
         finally:
@@ -487,7 +455,7 @@ def test_ack_resolve_answers_through_the_api(store: Store) -> None:
     try:
         with Receiver(secret=SECRET, scenario="ack-resolve", api=f"http://127.0.0.1:{api.server_address[1]}",
                       token="operator-token-123") as receiver:
-            run = Running(notifier := _notifier(_settings(receiver.url), cat, store))
+            run = RunningInThread(notifier := _notifier(_settings(receiver.url), cat, store), name="notifier")
             try:
                 fire = book.fires(1)[:1]
                 hazard = book.hazards(["r1"])[:1]
@@ -555,7 +523,7 @@ def test_mqtt_events_hazards_and_retained_site_code(store: Store, broker: Mosqui
     events = _Sub(broker, "grid/#")
     notifier = _notifier(_settings(mqtt_url=broker.url), cat, store, health)
     assert notifier.destinations() == ["mqtt"]
-    run = Running(notifier)
+    run = RunningInThread(notifier, name="notifier")
     try:
         stage: Stage = health.stage("notify:mqtt")
         wait_for(lambda: stage.connected, 10, "the notifier connected")
