@@ -159,6 +159,17 @@ class VictoriaMetrics(_Server):
                 return int(float(line.split()[-1]))
         raise AssertionError("vm_rows_inserted_total{type=\"influx\"} not in /metrics")
 
+    def points_of(self, expected: dict[Key, dict[str, Any]], timeout: float = 15.0
+                  ) -> tuple[dict[Key, dict[str, Any]], int]:
+        """:meth:`points`, once every expected key is searchable (VictoriaMetrics acknowledges a write
+        before its in-memory parts are flushed, about once a second), or at the deadline."""
+        deadline = time.monotonic() + timeout
+        actual, dups = self.points()
+        while expected.keys() - actual.keys() and time.monotonic() < deadline:
+            time.sleep(0.25)
+            actual, dups = self.points()
+        return actual, dups
+
     def points(self) -> tuple[dict[Key, dict[str, Any]], int]:
         """Every sample, by point key, and how many samples had a duplicate timestamp."""
         _http("GET", self.url + "/internal/force_flush")
@@ -486,13 +497,13 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
         assert store_stats(db)["readings_stored"] == result["expected_readings"]
         print(f"outage {outage_s:.0f}s: backlog {backlog} readings; killed at cursor {killed_at}; "
               f"{result['expected_readings']} readings")
-        time.sleep(0.5)
+        expected = expected_points(db, catalog)
         if isinstance(server, VictoriaMetrics):
-            actual, dups = server.points()
+            actual, dups = server.points_of(expected)
             assert dups == 0
-            assert_same(expected_points(db, catalog), actual, VM_REL)
+            assert_same(expected, actual, VM_REL)
         else:
-            assert_same(expected_points(db, catalog), server.points())
+            assert_same(expected, server.points())
     finally:
         t.join(120)
         gw.stop()
@@ -585,9 +596,10 @@ def test_eviction_bound_evicts_oldest_bulk_and_keeps_every_urgent(tmp_path: Path
         server = VictoriaMetrics(tmp_path / "vm", port=port, dedup=False).start()
         wait_for(lambda: caught_up(db), 30, "the rest forwarded after the outage")
         assert stage.connected is True
-        actual, dups = server.points()
+        expected = expected_points(db, catalog)
+        actual, dups = server.points_of(expected)
         assert dups == 0
-        assert_same(expected_points(db, catalog), actual, VM_REL)
+        assert_same(expected, actual, VM_REL)
     finally:
         run.stop()
         if server is not None:
@@ -633,9 +645,9 @@ def test_urgent_readings_overtake_a_draining_backlog(tmp_path: Path) -> None:
         overtaken = [t for t, ahead in latencies if ahead > 20_000]
         assert len(overtaken) >= 3, latencies  # sent while a large backlog was still queued before them
         assert max(overtaken) < 1.0, latencies
-        actual, dups = server.points()
-        assert dups == 0
         expected = expected_points(db, catalog)
+        actual, dups = server.points_of(expected)
+        assert dups == 0
         assert_same(expected, actual, VM_REL)
         assert server.rows_inserted() == 3 * len(expected)  # each reading crossed the wire exactly once
     finally:
