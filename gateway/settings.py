@@ -206,6 +206,33 @@ _TOP_LEVEL_ENV = {"FIREGW_INVENTORY": "inventory", "FIREGW_PROFILES_DIR": "profi
                   "FIREGW_LOG_LEVEL": "log_level"}
 
 
+def _env_value(key: str, value: str) -> Any:
+    """A list or mapping setting (``api.tokens``, ``api.cors_origins``) is given as YAML/JSON text:
+    ``FIREGW_API__TOKENS='[{name: duty, role: operator, sha256: ...}]'``. Scalars stay strings and are
+    validated by their field."""
+    text = value.strip()
+    if not text.startswith(("[", "{")) or not _structured(key):
+        return value
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"environment {key}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from exc
+
+
+def _structured(key: str) -> bool:
+    """Whether ``FIREGW_<SECTION>__<KEY>`` names a list or mapping field (a password starting with
+    ``[`` stays a string)."""
+    import typing
+
+    section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
+    sec = GatewaySettings.model_fields.get(section)
+    model = sec.annotation if sec is not None else None
+    if not isinstance(model, type) or not issubclass(model, BaseModel):
+        return False
+    info = model.model_fields.get(field)
+    return info is not None and typing.get_origin(info.annotation) in (list, dict)
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in env.items():
@@ -213,7 +240,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith(ENV_PREFIX) and "__" in key:
             section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
-            out.setdefault(section, {})[field] = value
+            out.setdefault(section, {})[field] = _env_value(key, value)
     return out
 
 
