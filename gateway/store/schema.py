@@ -131,6 +131,13 @@ MIGRATIONS: list[str] = [
         ORDER BY received_at;
     DROP TABLE messages;
     """,
+    # v5: dead letters keep the first bytes of a payload with its full size and digest (bounded junk);
+    # the last retained message taken per topic (a retained message is taken as state once).
+    """
+    ALTER TABLE dead_letters ADD COLUMN size INTEGER;
+    ALTER TABLE dead_letters ADD COLUMN digest TEXT;
+    CREATE TABLE retained (topic TEXT PRIMARY KEY, hash BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
