@@ -138,6 +138,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE dead_letters ADD COLUMN digest TEXT;
     CREATE TABLE retained (topic TEXT PRIMARY KEY, hash BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    # v6: surviving the time-series database's own crash. sink_history: where each forwarder cursor
+    # stood when (at most one row a second per cursor, and one per rewind), to map "confirmed within
+    # the last N seconds" to a seq; sink_instances: the identity (start time) the database reported
+    # when last seen, to notice a restart also across a restart of the gateway.
+    """
+    CREATE TABLE sink_history (sink TEXT NOT NULL, at INTEGER NOT NULL, seq INTEGER NOT NULL,
+                               PRIMARY KEY (sink, at, seq)) WITHOUT ROWID;
+    CREATE TABLE sink_instances (sink TEXT PRIMARY KEY, identity TEXT NOT NULL, seen_at INTEGER NOT NULL);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
