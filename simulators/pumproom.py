@@ -26,10 +26,23 @@ Control (``--control PORT``, one command per line on 127.0.0.1; each answer ends
     dead U | alive U    unit U stops answering (requests time out) | answers again
     slow U SECONDS      unit U answers after SECONDS (0: normal)
     short U 0|1         unit U answers reads with one register too few
+    lack U TABLE A [B]  unit U lacks registers A..B of TABLE: a read touching them answers exception 02
+    alias FROM TO       unit id FROM answers as unit TO (e.g. alias 255 1); alias FROM drops it
+    sequential 0|1      answer strictly one request at a time, in arrival order (RS-485 converter)
     set U POINT VALUE   hold POINT at VALUE (true/false/number/none); unset U [POINT] releases it
     get U POINT         the value the simulator holds for POINT
     status [U]          one line per unit
     help
+
+The server (``--framer socket``: Modbus TCP with MBAP headers; ``--framer rtu``: RTU frames with CRC
+over TCP, as a transparent serial-to-Ethernet converter) answers every request of a TCP segment. Reads
+(FC 1-4) with a quantity outside 1..125 registers or 1..2000 bits answer exception 03 (illegal data
+value), past the unit's memory or into registers it lacks 02 (illegal data address), any other function
+01. By default requests are answered concurrently, each after its unit's ``slow`` delay, like a native
+Modbus TCP device. With ``--sequential`` (or ``sequential 1``) the server behaves like an RS-485
+converter: one request at a time in arrival order, across all connections; a slow unit delays every
+request behind it, and a unit that does not answer holds the line for ``--busy-timeout`` seconds (the
+converter's own response timeout).
 
 Scenarios (``--scenario NAME``, or ``--scenario-file FILE`` with ``steps: [{at: SECONDS, do: COMMAND}]``):
 normal, fire-demand, pump-fails-to-start, cabinet-manual, main-power-lost, phase-loss, tank-draining,
@@ -45,6 +58,7 @@ import contextlib
 import math
 import random
 import signal
+import struct
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -52,16 +66,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusIOException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
-from pymodbus.server import ModbusTcpServer
-from pymodbus.server.requesthandler import ServerRequestHandler
-from pymodbus.simulator import SimData, SimDevice
-from pymodbus.transaction import TransactionManager
 
 from gateway.errors import ConfigError
 from gateway.models import Value
@@ -148,6 +152,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="socket",
         help="socket: Modbus TCP; rtu: RTU frames over TCP (a serial-to-Ethernet converter)",
     )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="answer one request at a time in arrival order, like an RS-485-to-Ethernet converter",
+    )
+    parser.add_argument(
+        "--busy-timeout",
+        type=float,
+        default=1.0,
+        help="sequential: seconds a unit that does not answer holds the line (the converter's timeout)",
+    )
     parser.add_argument("--write-inventory", type=Path, help="write an inventory YAML for these devices")
     parser.add_argument("--profiles-dir", type=Path, default=Path("device_profiles"))
 
@@ -159,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tick <= 0:
         print("pumproom: --tick must be positive", file=sys.stderr)
         return 2
+    if not 0 <= args.busy_timeout <= 60:
+        print("pumproom: --busy-timeout must be 0..60 seconds", file=sys.stderr)
+        return 2
     try:
         sim = PumpRoom(
             profiles_dir=args.profiles_dir,
@@ -167,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             tick=args.tick,
             start_delay=args.pump_start_delay,
         )
+        sim.sequential = bool(args.sequential)
         steps = list(SCENARIOS[args.scenario])
         if args.scenario_file is not None:
             steps += _load_scenario_file(args.scenario_file)
@@ -209,6 +228,7 @@ class _Unit:
     held: dict[str, Value | None] = field(default_factory=dict)  # the last value physics asked for
     faults: set[str] = field(default_factory=set)
     slow: float = 0.0
+    lacks: dict[str, set[int]] = field(default_factory=dict)  # table -> protocol addresses it lacks
 
     def put(self, name: str, value: Value | None) -> None:
         self.held[name] = value
@@ -279,6 +299,8 @@ class PumpRoom:
             self.cabinets.append(_Cabinet(self.units[i]))
         self.tank = self.units[TANK_UNIT] = _make_unit(TANK_UNIT, "tank", tank)
         self.panel = self.units[PANEL_UNIT] = _make_unit(PANEL_UNIT, "panel", panel)
+        self.aliases: dict[int, int] = {}
+        self.sequential = False
         self.level = 4.0
         self.refilling = False
         self.events_total = 0
@@ -541,6 +563,28 @@ class PumpRoom:
             if a[1] not in ("0", "1"):
                 raise ValueError("short takes 0 or 1")
             (unit.faults.add if a[1] == "1" else unit.faults.discard)("short")
+        elif cmd == "lack":
+            unit = self._unit(a[0])
+            table = a[1].lower()
+            if table not in unit.memory:
+                raise ValueError("lack takes a table: holding, input, coil or discrete")
+            first = int(a[2])
+            last = int(a[3]) if len(a) > 3 else first
+            if not 0 <= first <= last <= 65535:
+                raise ValueError("lack takes addresses 0 <= A <= B <= 65535")
+            unit.lacks.setdefault(table, set()).update(range(first, last + 1))
+        elif cmd == "alias":
+            source = int(a[0])
+            if not 0 <= source <= 255:
+                raise ValueError("a unit id is 0..255")
+            if len(a) > 1:
+                self.aliases[source] = self._unit(a[1]).unit
+            else:
+                self.aliases.pop(source, None)
+        elif cmd == "sequential":
+            if a[0] not in ("0", "1"):
+                raise ValueError("sequential takes 0 or 1")
+            self.sequential = a[0] == "1"
         elif cmd == "set":
             unit = self._unit(a[0])
             if a[1] not in unit.points:
@@ -589,6 +633,7 @@ class PumpRoom:
             return
         unit.faults.clear()
         unit.slow = 0.0
+        unit.lacks.clear()
         unit.overrides.clear()
         unit.written.clear()
         for name_, value in list(unit.held.items()):
@@ -605,6 +650,8 @@ class PumpRoom:
     def _status(self, u: _Unit) -> str:
         faults = ",".join(sorted(u.faults)) or "-"
         comm = f" slow={u.slow:g}s" if u.slow else ""
+        if u.lacks:
+            comm += " lacks=" + ",".join(f"{t}:{len(a)}" for t, a in sorted(u.lacks.items()) if a)
         if u.kind == "cabinet":
             c = self.cabinets[u.unit - 1]
             modes = ",".join(("manual", "auto", "stop")[m] for m in c.modes)
@@ -623,36 +670,59 @@ class PumpRoom:
 
     # ------------------------------------------------------------------ requests
 
-    def answer(self, pdu: ModbusPDU) -> ModbusPDU | None:
-        """The response to one request, or None when the unit does not answer."""
-        unit = self.units.get(pdu.dev_id)
-        if unit is None or "dead" in unit.faults:
+    def unit_for(self, unit_id: int) -> _Unit | None:
+        """The unit that answers requests to ``unit_id`` (aliases applied), or None."""
+        return self.units.get(self.aliases.get(unit_id, unit_id))
+
+    def answer(self, unit_id: int, pdu: bytes) -> bytes | None:
+        """The response PDU (function code first) to one request PDU, or None when nobody answers.
+
+        Checks in the order of the Modbus application protocol: function (01), quantity (03), address
+        (02). Only the reads FC 1-4 are served.
+        """
+        unit = self.unit_for(unit_id)
+        if unit is None or "dead" in unit.faults or not pdu:
             return None
-        fc = pdu.function_code
-        table = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}.get(fc)
-        response: ModbusPDU
+        fc = pdu[0]
+        table = _READ_TABLES.get(fc)
         if table is None or ("illegal" in unit.faults and fc != 3):
-            response = ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION)
-        else:
-            mem = unit.memory[table]
-            address, count = pdu.address, pdu.count
-            if address + count > len(mem) or "illegal" in unit.faults:
-                response = ExceptionResponse(fc, ExcCodes.ILLEGAL_ADDRESS)
-            else:
-                values = mem[address : address + count]
-                if "short" in unit.faults:
-                    values = values[:-8] if table in ("coil", "discrete") else values[:-1]
-                if table == "holding":
-                    response = ReadHoldingRegistersResponse(registers=values)
-                elif table == "input":
-                    response = ReadInputRegistersResponse(registers=values)
-                elif table == "coil":
-                    response = ReadCoilsResponse(bits=[bool(v) for v in values])
-                else:
-                    response = ReadDiscreteInputsResponse(bits=[bool(v) for v in values])
-        response.transaction_id = pdu.transaction_id
-        response.dev_id = pdu.dev_id
-        return response
+            return _exception(fc, ILLEGAL_FUNCTION)
+        if len(pdu) != 5:
+            return _exception(fc, ILLEGAL_DATA_VALUE)
+        address, count = struct.unpack(">HH", pdu[1:5])
+        bits = table in ("coil", "discrete")
+        if not 1 <= count <= (MAX_READ_BITS if bits else MAX_READ_REGISTERS):
+            return _exception(fc, ILLEGAL_DATA_VALUE)
+        mem = unit.memory[table]
+        lacks = unit.lacks.get(table)
+        if (
+            address + count > len(mem)
+            or "illegal" in unit.faults
+            or (lacks and not lacks.isdisjoint(range(address, address + count)))
+        ):
+            return _exception(fc, ILLEGAL_DATA_ADDRESS)
+        values = mem[address : address + count]
+        if "short" in unit.faults:
+            values = values[:-8] if bits else values[:-1]
+        data = _pack_bits(values) if bits else b"".join((v & 0xFFFF).to_bytes(2, "big") for v in values)
+        return bytes((fc, len(data))) + data
+
+
+_READ_TABLES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+ILLEGAL_FUNCTION, ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE = 1, 2, 3
+MAX_READ_REGISTERS, MAX_READ_BITS = 125, 2000
+
+
+def _exception(fc: int, code: int) -> bytes:
+    return bytes(((fc | 0x80) & 0xFF, code))
+
+
+def _pack_bits(values: list[int]) -> bytes:
+    out = bytearray((len(values) + 7) // 8)
+    for i, v in enumerate(values):
+        if v:
+            out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
 
 
 def _parse_value(text: str) -> Value | None:
@@ -671,68 +741,154 @@ def _parse_value(text: str) -> Value | None:
 
 # ---------------------------------------------------------------------------- server
 
-
-class _Handler(ServerRequestHandler):
-    """One client connection. Answers each request in its own task, from the simulator's memory.
-
-    pymodbus' own handler reads ``last_pdu`` again after awaiting the datastore, so a slow answer
-    would carry the transaction id of a later request; and a dead unit must time out, not answer.
-    """
-
-    def __init__(self, owner: _Server) -> None:
-        super().__init__(owner, None, None, None)  # type: ignore[no-untyped-call]
-        self._owner = owner
-
-    def callback_data(self, data: bytes, addr: tuple[str, int] | None = None) -> int:
-        try:
-            used_len: int = TransactionManager.callback_data(self, data, addr)
-        except ModbusIOException as exc:
-            response = ExceptionResponse(
-                exc.fcode or 0,
-                exception_code=ExcCodes.ILLEGAL_FUNCTION,
-                device_id=exc.dev_id,
-                transaction=exc.transaction_id,
-            )
-            self.server_send(response, addr)  # type: ignore[no-untyped-call]
-            return len(data)
-        pdu = self.last_pdu
-        if pdu is not None:
-            self._owner.spawn(self._respond(pdu, addr))
-        return used_len
-
-    async def _respond(self, pdu: ModbusPDU, addr: tuple[str, int] | None) -> None:
-        sim = self._owner.sim
-        unit = sim.units.get(pdu.dev_id)
-        if unit is not None and unit.slow:
-            await asyncio.sleep(unit.slow)
-        response = sim.answer(pdu)
-        if response is not None and self.transport:
-            self.server_send(response, addr)  # type: ignore[no-untyped-call]
+_MBAP = struct.Struct(">HHHB")
+#: Requests waiting for the line in sequential mode (a full line holds the readers: back-pressure).
+_LINE_QUEUE_MAX = 256
+#: Requests of one connection being answered at once in concurrent mode.
+_IN_FLIGHT_MAX = 64
+#: Unframed bytes kept per connection before it is dropped as garbage.
+_BUFFER_MAX = 4096
 
 
-class _Server(ModbusTcpServer):
-    def __init__(self, sim: PumpRoom, *, port: int, framer: FramerType) -> None:
-        # The datastore is unused (answers come from PumpRoom); pymodbus requires one.
-        super().__init__(SimDevice(0, simdata=[SimData(0)]), address=("127.0.0.1", port), framer=framer)
+def crc16(data: bytes) -> bytes:
+    """The Modbus RTU CRC of ``data``, as it goes on the wire (low byte first)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    tid: int  # MBAP transaction id (0 for RTU)
+    unit: int
+    pdu: bytes
+
+
+def split_frames(buf: bytes, *, rtu: bool) -> tuple[list[_Request], bytes, bool]:
+    """Cut every complete request out of ``buf``: (requests, the rest, whether the stream is garbage)."""
+    out: list[_Request] = []
+    pos = 0
+    while True:
+        rest = len(buf) - pos
+        if rtu:
+            if rest < 4:
+                break
+            fc = buf[pos + 1]
+            if fc in (1, 2, 3, 4, 5, 6):
+                n = 8
+            elif fc in (15, 16):
+                if rest < 7:
+                    break
+                n = 9 + buf[pos + 6]
+            else:
+                n = rest  # unknown function: what arrived together is the frame (a gap ends RTU frames)
+            if rest < n:
+                break
+            frame = buf[pos : pos + n]
+            pos += n
+            if crc16(frame[:-2]) != frame[-2:]:
+                return out, b"", False  # line noise: a device stays silent and resynchronises
+            out.append(_Request(0, frame[0], frame[1:-2]))
+        else:
+            if rest < 7:
+                break
+            tid, pid, length, unit = _MBAP.unpack_from(buf, pos)
+            if not 2 <= length <= 254:
+                return out, b"", True
+            if rest < 6 + length:
+                break
+            pdu = buf[pos + 7 : pos + 6 + length]
+            pos += 6 + length
+            if pid == 0:  # another protocol id is not Modbus: ignored
+                out.append(_Request(tid, unit, pdu))
+    return out, buf[pos:], False
+
+
+class ModbusServer:
+    """The Modbus side of the simulator on asyncio streams: MBAP (tcp) or RTU+CRC framing."""
+
+    def __init__(self, sim: PumpRoom, *, rtu: bool, busy_timeout: float = 1.0) -> None:
         self.sim = sim
+        self.rtu = rtu
+        self.busy_timeout = busy_timeout
+        self._line: asyncio.Queue[tuple[asyncio.StreamWriter, _Request]] = asyncio.Queue(_LINE_QUEUE_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
 
-    def callback_new_connection(self) -> _Handler:
-        return _Handler(self)
+    async def start(self, port: int) -> int:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", port)
+        self._spawn(self._line_worker())
+        return int(self._server.sockets[0].getsockname()[1])
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def bound_port(self) -> int:
-        sockets = getattr(self.transport, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else 0
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # so close() ends the connection
+        in_flight = asyncio.Semaphore(_IN_FLIGHT_MAX)
+        buf = b""
+        try:
+            while data := await reader.read(4096):
+                requests, buf, garbage = split_frames(buf + data, rtu=self.rtu)
+                for req in requests:
+                    if self.sim.sequential:
+                        await self._line.put((writer, req))
+                    else:
+                        await in_flight.acquire()
+                        self._spawn(self._concurrent(writer, req, in_flight))
+                if garbage or len(buf) > _BUFFER_MAX:
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
 
-    async def close_all(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await self.shutdown()  # type: ignore[no-untyped-call]
+    async def _concurrent(self, writer: asyncio.StreamWriter, req: _Request, done: asyncio.Semaphore) -> None:
+        try:
+            await self._respond(writer, req, sequential=False)
+        finally:
+            done.release()
+
+    async def _line_worker(self) -> None:
+        while True:
+            writer, req = await self._line.get()
+            await self._respond(writer, req, sequential=True)
+
+    async def _respond(self, writer: asyncio.StreamWriter, req: _Request, *, sequential: bool) -> None:
+        sim = self.sim
+        unit = sim.unit_for(req.unit)
+        if unit is not None and unit.slow and "dead" not in unit.faults:
+            await asyncio.sleep(unit.slow)
+        if self.rtu and req.unit == 0:
+            return  # an RTU broadcast is never answered
+        answer = sim.answer(req.unit, req.pdu)
+        if answer is None:
+            if sequential:
+                await asyncio.sleep(self.busy_timeout)  # the converter waits for the unit, then gives up
+            return
+        if writer.is_closing():
+            return
+        if self.rtu:
+            frame = bytes((req.unit,)) + answer
+            writer.write(frame + crc16(frame))
+        else:
+            writer.write(_MBAP.pack(req.tid, 0, len(answer) + 1, req.unit) + answer)
 
 
 async def _physics(sim: PumpRoom) -> None:
@@ -816,10 +972,8 @@ def _inventory(sim: PumpRoom, port: int, framer: str) -> dict[str, Any]:
 
 
 async def _serve(sim: PumpRoom, args: argparse.Namespace, steps: list[tuple[float, str]]) -> None:
-    framer = FramerType.SOCKET if args.framer == "socket" else FramerType.RTU
-    server = _Server(sim, port=args.port, framer=framer)
-    await server.serve_forever(background=True)
-    port = server.bound_port()
+    server = ModbusServer(sim, rtu=args.framer == "rtu", busy_timeout=args.busy_timeout)
+    port = await server.start(args.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -828,7 +982,8 @@ async def _serve(sim: PumpRoom, args: argparse.Namespace, steps: list[tuple[floa
     control: asyncio.Server | None = None
     ready = (
         f"pumproom: listening on 127.0.0.1:{port} with {len(sim.cabinets)} cabinets "
-        f"(units 1..{len(sim.cabinets)}, tank {TANK_UNIT}, panel {PANEL_UNIT}, framer {args.framer})"
+        f"(units 1..{len(sim.cabinets)}, tank {TANK_UNIT}, panel {PANEL_UNIT}, framer {args.framer}"
+        f"{', sequential' if sim.sequential else ''})"
     )
     if args.control is not None:
         control = await asyncio.start_server(
@@ -848,4 +1003,4 @@ async def _serve(sim: PumpRoom, args: argparse.Namespace, steps: list[tuple[floa
     finally:
         if control is not None:
             control.close()
-        await server.close_all()
+        await server.close()
