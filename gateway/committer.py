@@ -25,7 +25,8 @@ from typing import Any
 
 from gateway.health import Health
 from gateway.models import DeadLetter, RawMessage, Reading
-from gateway.normalize.router import Decoded, MqttNormalizer
+from gateway.normalize.json_decoder import DEFAULT_MAX_SKEW_S
+from gateway.normalize.router import DEFAULT_MAX_PAYLOAD_BYTES, Decoded, MqttNormalizer
 from gateway.profiles.loader import Catalog
 from gateway.sources.base import PollBatch
 from gateway.store.sqlite import Store
@@ -48,6 +49,7 @@ class RetentionPolicy:
     readings_days: float = 30.0
     messages_days: float = 7.0
     dead_letters_days: float = 30.0
+    dead_letters_max_rows: int | None = None
     every_s: float = 600.0
 
 
@@ -81,18 +83,27 @@ class Hooks:
     def on_stop(self, store: Store, now_ms: int) -> None:
         return None
 
+    def recover(self, store: Store) -> None:
+        """A transaction these hooks took part in was rolled back: drop in-memory state that may now
+        disagree with the store and reload it from the store (as at a restart)."""
+        return None
+
 
 class Committer:
     """Owns the writing store connection; see the module docstring."""
 
     def __init__(self, *, store: Store, catalog: Catalog, health: Health, inbox_size: int = 20_000,
                  max_batch: int = 1_000, tick_s: float = 1.0, retention: RetentionPolicy | None = None,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 max_clock_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
         if inbox_size < 1 or max_batch < 1:
             raise ValueError("inbox_size and max_batch must be positive")
         self.store = store
         self.catalog = catalog
-        self.normalizer = MqttNormalizer(catalog)
+        self._max_payload_bytes = max_payload_bytes
+        self._max_skew_s = max_clock_skew_s
+        self._future_ms = int(max_clock_skew_s * 1000)
+        self.normalizer = self._normalizer(catalog)
         self.hooks = hooks or Hooks()
         # A deque with a size check is the bounded inbox: append/popleft are atomic and several times
         # cheaper per message than queue.Queue's lock and condition (measured: bench/RESULTS.md).
@@ -111,17 +122,20 @@ class Committer:
         self._stage = health.stage("committer", stall_after_s=30.0)
         self._last_prune = 0.0
         self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
-        self.fatal: BaseException | None = None
+        self._contained_kinds: set[str] = set()
         self.on_commit: list[Callable[[], None]] = []  # called (in this thread) after each commit
 
     def reload(self, catalog: Catalog) -> None:
         """Swap in a new catalog (profiles activated without a restart). Runs in this thread."""
         self.catalog = catalog
-        self.normalizer = MqttNormalizer(catalog)
+        self.normalizer = self._normalizer(catalog)
         self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
         reload = getattr(self.hooks, "reload", None)
         if reload is not None:
             reload(catalog)
+
+    def _normalizer(self, catalog: Catalog) -> MqttNormalizer:
+        return MqttNormalizer(catalog, max_payload_bytes=self._max_payload_bytes, max_clock_skew_s=self._max_skew_s)
 
     # ------------------------------------------------------------------ API for sources
 
@@ -220,7 +234,12 @@ class Committer:
             if tick:
                 next_tick = time.monotonic() + self._tick_s
             if items or tick:
-                self._process_with_retry(items, tick, stop)
+                try:
+                    self._process_with_retry(items, tick, stop)
+                except Exception:  # last resort: the committer itself must never die
+                    logger.exception("committer: unexpected failure; going on")
+                    self._stage.count("unexpected_errors")
+                    time.sleep(0.1)
         try:
             with self.store.transaction():
                 self.hooks.on_stop(self.store, int(time.time() * 1000))
@@ -229,31 +248,109 @@ class Committer:
         logger.info("committer: stopped with everything taken committed")
 
     def _process_with_retry(self, items: list[RawMessage | _Job], tick: bool, stopping: bool) -> None:
+        """Commit what was taken. The store's own failures are retried (nothing is acknowledged until
+        it takes the batch); any other failure is contained: the batch is split until the one message
+        or action that fails alone is found, which becomes a dead letter (or an error for the caller),
+        and everything else is committed. Nothing one message does can stop the committer."""
+        try:
+            self._attempt(items, tick, stopping)
+            return
+        except Exception as exc:
+            self._contained(exc, "batch")
+        if items:
+            try:
+                self._attempt(items, False, stopping)
+            except Exception as exc:
+                self._contained(exc, "batch")
+                self._bisect(items, stopping, exc)
+        if tick:
+            try:
+                self._attempt([], True, stopping)
+            except Exception as exc:
+                self._contained(exc, "timers")
+
+    def _attempt(self, items: list[RawMessage | _Job], tick: bool, stopping: bool) -> None:
+        """``_process`` with the store's failures retried (backoff, shown in health); raises anything else."""
         delay = 0.5
         while True:
             try:
                 self._process(items, tick)
-                return
             except sqlite3.Error as exc:
-                # The store cannot take the batch (disk full, locked, I/O error). Nothing was
+                # The store cannot take the batch (disk full, read-only, locked, I/O error). Nothing was
                 # acknowledged; keep the batch and try again rather than lose it.
-                if self._stage.last_error is None:
-                    logger.error("committer: store write failed, retrying: %s", exc)
-                self._stage.last_error = f"store write failed: {exc}"
+                self._recover_hooks()
+                self._stage.fail(f"store write failed, retrying: {exc}")
+                self._stage.count("store_errors")
                 self._stage.depth = len(items) + len(self._inbox)
                 if stopping and delay > 8:
                     logger.error("committer: giving up at shutdown; %d items stay unacknowledged", len(items))
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
-            except Exception as exc:  # a bug must not stall the pipeline silently
-                logger.exception("committer: batch failed")
-                self._stage.last_error = f"batch failed: {exc!r}"
-                for it in items:
-                    if isinstance(it, _Job) and not it.future.done():
-                        it.future.set_exception(exc)
-                self.fatal = exc
+                continue
+            self._stage.ok()
+            return
+
+    def _contained(self, exc: BaseException, what: str) -> None:
+        self._recover_hooks()
+        self._stage.count("contained_errors")
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        kind = f"{what}:{type(exc).__name__}@{frame.tb_frame.f_code.co_name if frame else ''}"
+        self._stage.last_error = f"{what} failed: {type(exc).__name__}: {exc}"[:300]
+        if kind not in self._contained_kinds:  # once per kind, with the traceback to fix it
+            self._contained_kinds.add(kind)
+            logger.error("committer: %s failed (%s); contained, the rest goes on (logged once per kind)",
+                         what, type(exc).__name__, exc_info=exc)
+
+    def _bisect(self, items: list[RawMessage | _Job], stopping: bool, exc: BaseException) -> None:
+        """Find the items that fail on their own, in O(log n) transactions per bad item."""
+        if len(items) == 1:
+            self._poison(items[0], exc)
+            return
+        mid = len(items) // 2
+        for half in (items[:mid], items[mid:]):
+            try:
+                self._attempt(half, False, stopping)
+            except Exception as sub:
+                self._contained(sub, "batch")
+                self._bisect(half, stopping, sub)
+
+    def _poison(self, item: RawMessage | _Job, exc: BaseException) -> None:
+        """An item that fails on its own: a message becomes a dead letter (acknowledged), an action an error."""
+        if isinstance(item, _Job):
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        self._stage.count("poison_messages")
+        reason = f"could not be processed: {type(exc).__name__}: {exc}"[:500]
+        dead = DeadLetter(item.source, item.address, item.payload, reason, item.received_at_ms,
+                          size=item.truncated_from or None)
+        digest = hashlib.blake2b(item.address.encode() + b"\0" + item.payload, digest_size=16).digest()
+        try:
+            self._attempt_decoded([(item, digest, Decoded([], dead, None))])
+        except Exception:
+            logger.exception("committer: cannot even dead-letter a message on %s; it stays unacknowledged",
+                             item.address[:200])
+
+    def _attempt_decoded(self, decoded: list[tuple[RawMessage, bytes, Decoded]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._commit(decoded, [], False)
                 return
+            except sqlite3.Error as exc:
+                self._recover_hooks()
+                self._stage.fail(f"store write failed, retrying: {exc}")
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _recover_hooks(self) -> None:
+        try:
+            self.hooks.recover(self.store)
+        except Exception:
+            logger.exception("committer: hooks could not recover their state")
 
     def _process(self, items: list[RawMessage | _Job], tick: bool) -> None:
         """Decode what was taken, then commit: the urgent lane first, in a small transaction of its own.
@@ -293,14 +390,23 @@ class Committer:
             known = self._recent_ids()
             batch_seen: set[bytes] = set()
             records: list[tuple[bytes, int, int]] = []
+            retained_rows: list[tuple[str, bytes, int]] = []
+            taken = store.retained_taken(raw.address for raw, _, _ in decoded if raw.retained)
             for raw, digest, dec in decoded:
                 if raw.token is not None:
                     acks.setdefault(raw.source, []).append(raw.token)
-                # A message seen before is a redelivery when the source says so (MQTT DUP) or when it
-                # carries its own time (same bytes, same reading). Identical untimed payloads that are
-                # not redeliveries (a bare heartbeat) are new messages: their readings take receive time.
+                # A message seen before is a redelivery when the source says so (MQTT DUP), when it
+                # carries its own time (same bytes, same reading) or when the broker replays it as
+                # retained (taken as state once). Identical untimed payloads that are none of these
+                # (a bare heartbeat) are new messages: their readings take receive time.
                 seen_before = digest in known or digest in batch_seen
-                if seen_before and (raw.redelivered or dec.device_time):
+                if raw.retained:
+                    if seen_before or taken.get(raw.address) == digest:
+                        duplicates += 1
+                        continue
+                    taken[raw.address] = digest
+                    retained_rows.append((raw.address, digest, raw.received_at_ms))
+                elif seen_before and (raw.redelivered or dec.device_time):
                     duplicates += 1
                     continue
                 if not seen_before:
@@ -314,6 +420,7 @@ class Committer:
                 if dec.device_id is not None:
                     seen[dec.device_id] = (self._device_sites.get(dec.device_id, ""), raw.received_at_ms)
             store.record_messages(records)
+            store.record_retained(retained_rows)
             for batch in polls:
                 readings.extend(batch.readings)
                 dead.extend(batch.dead)
@@ -324,7 +431,9 @@ class Committer:
             if len(readings) > 1:
                 readings.sort(key=lambda r: not r.urgent)  # urgent first, order otherwise kept
             new = store.insert_readings(readings)
-            store.update_state(readings, seen)
+            # a device clock far ahead must not freeze the latest value shown (the reading is kept, suspect)
+            future = self._future_ms
+            store.update_state([r for r in readings if r.ts_ms - r.received_at_ms <= future], seen)
             store.insert_dead(dead)
             store.add_counters({"messages": accepted, "duplicates": duplicates, "dead_letters": len(dead),
                                 "readings": new})
@@ -347,25 +456,34 @@ class Committer:
             if tick:
                 self.hooks.on_tick(store, now_ms)
         self._remember(batch_seen)
+        # Committed: nothing below may fail the batch (it would be processed again).
         for fn in self.on_commit:
-            fn()
+            try:
+                fn()
+            except Exception:
+                logger.exception("committer: an after-commit callback failed")
         for source, tokens in acks.items():
             ack = self._acks.get(source)
             if ack is not None:
-                ack(tokens)
+                try:
+                    ack(tokens)
+                except Exception:
+                    logger.exception("committer: acknowledging to %s failed; the source redelivers", source)
         for job, value, err in results:
             if err is not None:
                 job.future.set_exception(err)
             else:
                 job.future.set_result(value)
         st = self._stage
-        st.last_error = None
         st.beat(len(self._inbox))
         st.count("batches")
         st.count("messages", accepted)
         if tick and time.monotonic() - self._last_prune > self._retention.every_s:
             self._last_prune = time.monotonic()
-            self._prune(now_ms)
+            try:
+                self._prune(now_ms)
+            except sqlite3.Error as exc:  # retention waits for the next round; the batch is committed
+                logger.warning("retention: pruning failed: %s", exc)
 
     def _recent_ids(self) -> dict[bytes, None]:
         """Ids of the newest messages (insertion-ordered), loaded from the log the first time."""
@@ -387,6 +505,7 @@ class Committer:
         r = self._retention
         n = self.store.prune(readings_before_ms=now_ms - int(r.readings_days * day),
                              messages_before_ms=now_ms - int(r.messages_days * day),
-                             dead_before_ms=now_ms - int(r.dead_letters_days * day))
+                             dead_before_ms=now_ms - int(r.dead_letters_days * day),
+                             dead_max_rows=r.dead_letters_max_rows)
         if n:
             logger.info("retention: pruned %d old rows", n)

@@ -27,7 +27,23 @@ class Stage:
     depth: int = 0
     connected: bool | None = None  # None: not a connection
     last_error: str | None = None
+    failing: str | None = None  # the stage cannot go on (the store refuses writes, a port is taken)
     counters: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, reason: str) -> bool:
+        """Mark the stage failing; logs on the edge only. True when it was not failing before."""
+        first = self.failing is None
+        if first:
+            logger.error("%s: %s", self.name, reason)
+        self.failing = reason
+        self.last_error = reason
+        return first
+
+    def ok(self) -> None:
+        """The stage goes on again; logs on the edge only."""
+        if self.failing is not None:
+            logger.info("%s: recovered (was: %s)", self.name, self.failing)
+            self.failing = None
 
     def beat(self, depth: int | None = None) -> None:
         self.last_progress = time.monotonic()
@@ -60,6 +76,7 @@ class Stage:
             "depth": self.depth,
             "connected": self.connected,
             "stalled": self.stalled(now),
+            "failing": self.failing,
             "last_error": self.last_error,
             "counters": dict(self.counters),
         }
@@ -85,5 +102,5 @@ class Health:
 
     def snapshot(self) -> dict[str, object]:
         stages = [s.snapshot() for s in self.stages()]
-        ok = all(not s["stalled"] and s["connected"] is not False for s in stages)
+        ok = all(not s["stalled"] and s["connected"] is not False and not s["failing"] for s in stages)
         return {"ok": ok, "stages": stages}

@@ -62,6 +62,8 @@ class RawMessage:
     received_at_ms: int
     token: object = None  # the source's acknowledgement handle (MQTT mid/qos); opaque to the core
     redelivered: bool = False  # the source says it may have delivered this before (MQTT DUP)
+    retained: bool = False  # a retained message the broker replayed on subscribe (MQTT retain flag)
+    truncated_from: int = 0  # the source cut an oversized payload to its first bytes: its real size
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +93,4 @@ class DeadLetter:
     received_at_ms: int
     device_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    size: int | None = None  # the payload's real size when ``payload`` holds only its first bytes

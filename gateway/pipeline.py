@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from gateway.committer import Committer, Hooks, RetentionPolicy
-from gateway.errors import FiregwError
 from gateway.health import Health
 from gateway.profiles.loader import Catalog, load_catalog
 from gateway.settings import GatewaySettings
 from gateway.sources.base import PollBatch
 from gateway.sources.mqtt import MqttSource
-from gateway.store.sqlite import Store
+from gateway.store.sqlite import DEAD_LETTER_KEEP_BYTES, Store
 
 __all__ = ["Gateway"]
 
 logger = logging.getLogger(__name__)
 
 HookFactory = Callable[[Catalog, GatewaySettings], Hooks]
+#: What one dead letter costs at most on disk (payload prefix, reason, address, row): sizes the bound.
+DEAD_LETTER_ROW_BYTES = 2 * DEAD_LETTER_KEEP_BYTES + 1_200
 
 
 class Gateway:
@@ -63,40 +64,47 @@ class Gateway:
         committer = self.committer = Committer(
             store=store, catalog=self.catalog, health=self.health, inbox_size=s.pipeline.inbox_size,
             max_batch=s.pipeline.max_batch, tick_s=s.pipeline.tick_s, hooks=hooks,
+            max_payload_bytes=s.pipeline.max_payload_bytes, max_clock_skew_s=s.pipeline.max_clock_skew_s,
             retention=RetentionPolicy(readings_days=s.store.retention_days, messages_days=s.store.dedup_days,
-                                      dead_letters_days=s.store.dead_letter_days))
+                                      dead_letters_days=s.store.dead_letter_days,
+                                      dead_letters_max_rows=int(s.store.dead_letter_max_mb * 1_048_576
+                                                                // DEAD_LETTER_ROW_BYTES)))
         for wakeable in (notifier, forwarder):
             if wakeable is not None:
                 committer.on_commit.append(wakeable.wake)
         committer.start()
-        tasks: list[asyncio.Task[None]] = []
+        services: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
         if notifier is not None:
-            tasks.append(asyncio.create_task(notifier.run(), name="notify"))
+            services["notify"] = notifier.run
         if forwarder is not None:
-            tasks.append(asyncio.create_task(forwarder.run(), name="forward"))
+            services["forward"] = forwarder.run
+        tasks: dict[str, asyncio.Task[None]] = {}
         try:
             subs = committer.normalizer.subscriptions
             if s.mqtt.enabled and subs:
-                self.mqtt = MqttSource(s.mqtt, subscriptions=subs, sink=committer, health=self.health)
+                self.mqtt = MqttSource(s.mqtt, subscriptions=subs, sink=committer, health=self.health,
+                                       max_payload_bytes=s.pipeline.max_payload_bytes)
                 committer.register_source(self.mqtt.name, self.mqtt.ack)
                 await asyncio.to_thread(self.mqtt.start)
                 logger.info("mqtt: subscribed to %s", ", ".join(subs))
             modbus = self._modbus_source(committer)
             if modbus is not None:
-                tasks.append(asyncio.create_task(modbus(), name="modbus"))
+                services["modbus"] = modbus
             if s.api.enabled:
                 self.api = self._api_server(committer)
-                tasks.append(asyncio.create_task(self.api.run(), name="api"))
+                services["api"] = self.api.run
+            for name, factory in services.items():
+                tasks[name] = asyncio.create_task(factory(), name=name)
             self.ready.set()
             logger.info("firegw: ready (%d sites, %d devices, %d profiles)", len(self.catalog.sites),
                         len(self.catalog.devices), len(self.catalog.profiles))
-            await self._supervise(stop, tasks)
+            await self._supervise(stop, services, tasks)
         finally:
             if self.api is not None:
                 self.api.stop()
-            for t in tasks:
+            for t in tasks.values():
                 t.cancel()
-            for t in tasks:
+            for t in tasks.values():
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             # Stop taking messages, commit and acknowledge what was taken, then disconnect.
@@ -194,14 +202,28 @@ class Gateway:
         if self.mqtt is not None:
             await asyncio.to_thread(self.mqtt.resubscribe, committer.normalizer.subscriptions)
 
-    async def _supervise(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    async def _supervise(self, stop: asyncio.Event, services: dict[str, Callable[[], Coroutine[Any, Any, None]]],
+                         tasks: dict[str, asyncio.Task[None]]) -> None:
+        """Wait for ``stop``. A service task that ends with an error is restarted with backoff (and
+        shown failing in health meanwhile); one stage failing never stops the others."""
+        restart_at: dict[str, float] = {}
+        delays: dict[str, float] = {}
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            if self.committer is not None and self.committer.fatal is not None:
-                raise FiregwError(f"committer failed: {self.committer.fatal!r}")
-            for t in tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise FiregwError(f"{t.get_name()} failed: {t.exception()!r}")
-
-
+            now = time.monotonic()
+            for name, task in list(tasks.items()):
+                if not task.done() or name in restart_at:
+                    continue
+                exc = None if task.cancelled() else task.exception()
+                delay = delays[name] = min(delays.get(name, 0.5) * 2, 30.0)
+                self.health.stage(f"service:{name}").fail(
+                    f"{name} ended ({exc!r}); restarting in {delay:.0f} s" if exc else f"{name} ended; restarting")
+                if exc is not None:
+                    logger.error("%s failed; restarting in %.1f s", name, delay, exc_info=exc)
+                restart_at[name] = now + delay
+            for name, at in list(restart_at.items()):
+                if now >= at and not stop.is_set():
+                    del restart_at[name]
+                    tasks[name] = asyncio.create_task(services[name](), name=name)
+                    self.health.stage(f"service:{name}").ok()

@@ -102,6 +102,7 @@ class StoreSettings(_Section):
     retention_days: float = Field(default=30.0, gt=0, description="keep readings this long")
     dedup_days: float = Field(default=7.0, gt=0, description="remember message ids this long")
     dead_letter_days: float = Field(default=30.0, gt=0)
+    dead_letter_max_mb: float = Field(default=64.0, gt=0, description="bound on dead letters: the oldest go first")
 
 
 class PipelineSettings(_Section):
@@ -109,6 +110,10 @@ class PipelineSettings(_Section):
     max_batch: int = Field(default=5_000, ge=1, le=100_000,
                            description="most messages in one bulk transaction (urgent ones go first, apart)")
     tick_s: float = Field(default=1.0, gt=0, le=60)
+    max_payload_bytes: int = Field(default=262_144, ge=1_024, le=16_777_216,
+                                   description="a larger message is a dead letter (first 4 KiB kept), before decoding")
+    max_clock_skew_s: float = Field(default=300.0, gt=0, description="a device time further off is suspect; one "
+                                    "further ahead never becomes the latest value")
 
 
 class ApiSettings(_Section):

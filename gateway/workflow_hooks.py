@@ -127,6 +127,15 @@ class WorkflowHooks(Hooks):
         self._load(store)
         self.save(store, now_ms)
 
+    def recover(self, store: Store) -> None:
+        """A transaction was rolled back after the engine and workflow had applied part of it: reload
+        both from what the store holds (the last saved rule state, the open fire events and hazards),
+        exactly as at a restart, so memory never claims what the store does not."""
+        self.engine = RuleEngine(self.catalog)
+        self.workflow = Workflow(self.catalog)
+        self._loaded = False
+        self._last_snapshot_ms = 0
+
     def save(self, store: Store, now_ms: int) -> None:
         WorkflowStore(store.conn).save_rule_state(self.engine.snapshot(), now_ms)
         self._last_snapshot_ms = now_ms

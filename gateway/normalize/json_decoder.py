@@ -1,7 +1,15 @@
-"""Decode one JSON payload of an MQTT profile into readings. Pure; compiled once per profile."""
+"""Decode one JSON payload of an MQTT profile into readings. Pure; compiled once per profile.
+
+Nothing a payload holds can make this raise anything but :class:`DecodeError` (the router turns
+any other exception into a dead letter too, naming its class): numbers too large for a float or a
+64-bit integer, times past the year 3000, duplicate keys, values a mapped point does not know, deep
+nesting and malformed UTF-8 are each a dead letter with the field named.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +22,12 @@ from gateway.normalize.values import cast_value, check_range
 from gateway.profiles.models import Point, Profile
 from gateway.profiles.units import Conversion, conversion, source_units
 
-__all__ = ["JsonDecoder"]
+__all__ = ["DEFAULT_MAX_SKEW_S", "JsonDecoder", "has_duplicate_keys"]
+
+#: A device clock further off than this marks its readings ``suspect`` (profile ``mqtt.max_skew_s``
+#: or the gateway's ``pipeline.max_clock_skew_s`` override it).
+DEFAULT_MAX_SKEW_S = 300.0
+_YEAR_3000_MS = 32503680000000
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +39,8 @@ class _CompiledPoint:
     unit: str
     point_class: PointClass
     urgent: bool
-    mapping: dict[str, Value] | None
+    mapping: dict[str, Value | None] | None
+    fold: bool  # map keys compared case-insensitively, surrounding blanks ignored
     required: bool
     factor: float
     offset: float
@@ -36,10 +50,12 @@ class _CompiledPoint:
     expected: tuple[float, float] | None
 
 
-def _map_key(raw: object) -> str | None:
+def _map_key(raw: object, fold: bool) -> str | None:
     if isinstance(raw, bool):
         return "true" if raw else "false"
-    if isinstance(raw, str | int):
+    if isinstance(raw, str):
+        return raw.strip().casefold() if fold else raw
+    if isinstance(raw, int):
         return str(raw)
     if isinstance(raw, float) and raw.is_integer():
         return str(int(raw))
@@ -61,30 +77,89 @@ def _compile_point(p: Point) -> _CompiledPoint:
             if conv is not None:
                 unit_table[name] = conv
         unit_table.update({k.lower(): v for k, v in list(unit_table.items())})
+    fold = p.map_match == "ignore_case"
+    mapping = None
+    if p.map is not None:
+        mapping = {(k.strip().casefold() if fold else k): v for k, v in p.map.items()}
     return _CompiledPoint(
         name=p.name, path=compile_path(p.path), field=p.path, vtype=p.type, unit=p.unit,
-        point_class=p.point_class, urgent=p.point_class in URGENT_CLASSES, mapping=p.map,
+        point_class=p.point_class, urgent=p.point_class in URGENT_CLASSES, mapping=mapping, fold=fold,
         required=p.required, factor=factor, offset=offset,
         unit_path=compile_path(p.unit_path) if p.unit_path else None, unit_table=unit_table,
         range=p.range, expected=p.expected_range,
     )
 
 
+def _count_keys(doc: object) -> int:
+    """How many object keys ``doc`` holds, nested ones included."""
+    total = 0
+    stack = [doc]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            total += len(o)
+            stack.extend(v for v in o.values() if isinstance(v, dict | list))
+        elif isinstance(o, list):
+            stack.extend(v for v in o if isinstance(v, dict | list))
+    return total
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_dup_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+    return out
+
+
+def has_duplicate_keys(payload: bytes, doc: object) -> str | None:
+    """The first key that occurs twice in one object of ``payload`` (already parsed into ``doc``).
+
+    Exact and cheap in the usual case: every key is followed by a colon, so when the payload holds
+    no more colons than ``doc`` has keys, no key can have been repeated (a parser keeps the last
+    one). Only a payload with colons inside strings (ISO times, say) is parsed again to find out.
+    """
+    if payload.count(b":") <= _count_keys(doc):
+        return None
+    try:
+        json.loads(payload, object_pairs_hook=_no_dup_pairs)
+    except _Duplicate as dup:
+        return dup.key
+    except (ValueError, RecursionError):  # orjson took it; nothing more to learn here
+        return None
+    return None
+
+
 class JsonDecoder:
     """Turns the payload of one device of ``profile`` into readings, or raises DecodeError."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, *, default_max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
         assert profile.mqtt is not None
         self.profile = profile
         self._points = [_compile_point(p) for p in profile.points]
+        # fields that mapped points read: a value that none of them maps is a dead letter
+        groups: dict[str, list[str]] = {}
+        for cp in self._points:
+            if cp.mapping is not None:
+                groups.setdefault(cp.field, []).append(cp.name)
+        self._mapped_fields = groups
         self._max_bytes = profile.mqtt.max_payload_bytes
         tspec = profile.mqtt.time
         self._time_path = compile_path(tspec.path) if tspec else None
         self._time_field = tspec.path if tspec else ""
         self._time_format = tspec.format if tspec else "epoch_s"
-        self._max_skew_ms = int(profile.mqtt.max_skew_s * 1000)
+        skew = profile.mqtt.max_skew_s if profile.mqtt.max_skew_s is not None else default_max_skew_s
+        self._max_skew_ms = int(skew * 1000)
 
-    def _device_time(self, doc: object, received_at_ms: int) -> tuple[int, bool, bool]:
+    def _device_time(self, doc: dict[str, object], received_at_ms: int) -> tuple[int, bool, bool]:
         """(ts_ms, skewed, from the device)."""
         if self._time_path is None:
             return received_at_ms, False, False
@@ -101,13 +176,20 @@ class JsonDecoder:
                 raise DecodeError(f"{where}: not an ISO 8601 time: {raw[:40]!r}") from exc
             if dt.tzinfo is None:
                 raise DecodeError(f"{where}: time {raw[:40]!r} has no UTC offset")
-            ts = int(dt.timestamp() * 1000)
+            try:
+                ts = int(dt.timestamp() * 1000)
+            except (OverflowError, ValueError, OSError) as exc:
+                raise DecodeError(f"{where}: {raw[:40]!r} is not a plausible time") from exc
         else:
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise DecodeError(f"{where}: expected epoch {self._time_format[6:]}, got {raw!r}"[:120])
-            ts = int(raw * 1000) if self._time_format == "epoch_s" else int(raw)
-            if ts < 0 or ts > 32503680000000:  # year 3000
-                raise DecodeError(f"{where}: {raw!r} is not a plausible epoch time")
+            scale = 1000 if self._time_format == "epoch_s" else 1
+            if not math.isfinite(raw) or not 0 <= raw * scale <= _YEAR_3000_MS:
+                raise DecodeError(f"{where}: {str(raw)[:40]} is not a plausible epoch time "
+                                  f"(expected epoch {self._time_format[6:]} before the year 3000)")
+            ts = int(raw * scale)
+        if not 0 <= ts <= _YEAR_3000_MS:
+            raise DecodeError(f"{where}: {str(raw)[:40]} is not a plausible time")
         return ts, abs(ts - received_at_ms) > self._max_skew_ms, True
 
     def decode(self, payload: bytes, site_id: str, device_id: str, received_at_ms: int) -> list[Reading]:
@@ -124,8 +206,12 @@ class JsonDecoder:
             raise DecodeError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise DecodeError(f"payload must be a JSON object, got {type(doc).__name__}")
+        dup = has_duplicate_keys(payload, doc)
+        if dup is not None:
+            raise DecodeError(f"payload repeats the key {dup[:40]!r}: which one the device meant is unknown")
         ts, skewed, timed = self._device_time(doc, received_at_ms)
         out: list[Reading] = []
+        unmapped: dict[str, object] = {}
         for cp in self._points:
             raw = get_path(doc, cp.path)
             if raw is MISSING or raw is None:
@@ -133,28 +219,46 @@ class JsonDecoder:
                     raise DecodeError(f"payload field {cp.field!r} (point {cp.name}) is missing")
                 continue
             where = f"payload field {cp.field!r} (point {cp.name})"
-            if cp.mapping is not None:
-                key = _map_key(raw)
-                if key is None or key not in cp.mapping:
-                    continue
-                value: Value = cast_value(cp.mapping[key], cp.vtype, where)
-            else:
-                value = cast_value(raw, cp.vtype, where)
-            if cp.unit_table is not None and cp.unit_path is not None:
-                u = get_path(doc, cp.unit_path)
-                conv = cp.unit_table.get(u) if isinstance(u, str) else None
-                if conv is None and isinstance(u, str):
-                    conv = cp.unit_table.get(u.lower())
-                if conv is None:
-                    raise DecodeError(f"{where}: unit {u!r} cannot be converted into {cp.unit}"[:160])
-                value = conv.apply(float(value))
-            elif cp.factor != 1.0 or cp.offset != 0.0:
-                value = float(value) * cp.factor + cp.offset
-            check_range(value, cp.range, where, cp.unit)
+            try:
+                if cp.mapping is not None:
+                    key = _map_key(raw, cp.fold)
+                    if key is None or key not in cp.mapping:
+                        unmapped.setdefault(cp.field, raw)
+                        continue
+                    unmapped[cp.field] = None  # another point of this field maps it
+                    mapped = cp.mapping[key]
+                    if mapped is None:  # a value the profile knows and reads no point from
+                        continue
+                    value: Value = cast_value(mapped, cp.vtype, where)
+                else:
+                    value = cast_value(raw, cp.vtype, where)
+                if cp.unit_table is not None and cp.unit_path is not None:
+                    u = get_path(doc, cp.unit_path)
+                    conv = cp.unit_table.get(u) if isinstance(u, str) else None
+                    if conv is None and isinstance(u, str):
+                        conv = cp.unit_table.get(u.lower())
+                    if conv is None:
+                        raise DecodeError(f"{where}: unit {u!r} cannot be converted into {cp.unit}"[:160])
+                    value = conv.apply(float(value))
+                elif cp.factor != 1.0 or cp.offset != 0.0:
+                    value = float(value) * cp.factor + cp.offset
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise DecodeError(f"{where}: the converted value is not a finite number")
+                check_range(value, cp.range, where, cp.unit)
+            except DecodeError:
+                raise
+            except Exception as exc:  # nothing in a payload may escape as anything but a dead letter
+                raise DecodeError(f"{where}: {type(exc).__name__}: {exc}"[:300]) from exc
             quality = Quality.SUSPECT if skewed else Quality.GOOD
             exp = cp.expected
             if exp is not None and not isinstance(value, str | bool) and not exp[0] <= value <= exp[1]:
                 quality = Quality.SUSPECT
             out.append(Reading(site_id, device_id, cp.name, value, cp.unit, ts, received_at_ms, quality,
                                cp.point_class, cp.urgent))
+        for fld, raw in unmapped.items():
+            if raw is not None:
+                names = ", ".join(self._mapped_fields[fld])
+                shown = repr(raw)[:60] if not isinstance(raw, dict | list) else type(raw).__name__
+                raise DecodeError(f"payload field {fld!r}: value {shown} is not one the profile maps "
+                                  f"(points {names})")
         return out, timed

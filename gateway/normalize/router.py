@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from gateway.errors import DecodeError
 from gateway.models import DeadLetter, RawMessage, Reading
-from gateway.normalize.json_decoder import JsonDecoder
+from gateway.normalize.json_decoder import DEFAULT_MAX_SKEW_S, JsonDecoder
 from gateway.profiles.loader import Catalog
 
-__all__ = ["Decoded", "MqttNormalizer", "TopicPattern"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Decoded", "MqttNormalizer", "TopicPattern"]
+
+logger = logging.getLogger(__name__)
+
+#: The gateway's bound on one payload, before any profile's own (``pipeline.max_payload_bytes``).
+DEFAULT_MAX_PAYLOAD_BYTES = 262_144
 
 
 class TopicPattern:
@@ -45,23 +51,47 @@ class Decoded:
 
 
 class MqttNormalizer:
-    """Routes MQTT messages to their device's decoder."""
+    """Routes MQTT messages to their device's decoder.
 
-    def __init__(self, catalog: Catalog) -> None:
+    Never raises: whatever a message holds, it becomes readings or a dead letter. A payload over
+    ``max_payload_bytes`` (the gateway's bound, checked before anything is parsed) is a dead letter,
+    and so is a payload that makes a decoder fail in any way, with the exception's class named.
+    """
+
+    def __init__(self, catalog: Catalog, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 max_clock_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
         self.catalog = catalog
+        self.max_payload_bytes = max_payload_bytes
         self.patterns = [TopicPattern(p.mqtt.topic, name) for name, p in catalog.profiles.items()
                          if p.mqtt is not None]
-        self._decoders = {name: JsonDecoder(p) for name, p in catalog.profiles.items() if p.mqtt is not None}
+        self._decoders = {name: JsonDecoder(p, default_max_skew_s=max_clock_skew_s)
+                          for name, p in catalog.profiles.items() if p.mqtt is not None}
+        self._logged: set[str] = set()
 
     @property
     def subscriptions(self) -> list[str]:
         return sorted({p.subscription for p in self.patterns})
 
     def _dead(self, raw: RawMessage, reason: str, device_id: str | None = None) -> Decoded:
-        return Decoded([], DeadLetter(raw.source, raw.address, raw.payload, reason, raw.received_at_ms, device_id),
-                       device_id)
+        return Decoded([], DeadLetter(raw.source, raw.address, raw.payload, reason, raw.received_at_ms, device_id,
+                                      size=raw.truncated_from or None), device_id)
 
     def normalize(self, raw: RawMessage) -> Decoded:
+        size = raw.truncated_from or len(raw.payload)
+        if size > self.max_payload_bytes:
+            return self._dead(raw, f"payload is {size} bytes, over the gateway's limit of "
+                                   f"{self.max_payload_bytes} (pipeline.max_payload_bytes)")
+        try:
+            return self._normalize(raw)
+        except Exception as exc:  # a decoder bug must cost one message, never the pipeline
+            kind = f"{type(exc).__name__}@{exc.__traceback__.tb_frame.f_code.co_name if exc.__traceback__ else ''}"
+            if kind not in self._logged:  # once per kind of failure, with the traceback to fix it
+                self._logged.add(kind)
+                logger.error("normalize: %s on %s (logged once): %s", type(exc).__name__, raw.address[:200], exc,
+                             exc_info=True)
+            return self._dead(raw, f"could not be decoded: {type(exc).__name__}: {exc}"[:300])
+
+    def _normalize(self, raw: RawMessage) -> Decoded:
         levels = raw.address.split("/")
         for pat in self.patterns:
             found = pat.match(levels)

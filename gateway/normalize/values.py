@@ -7,7 +7,11 @@ import math
 from gateway.errors import DecodeError
 from gateway.models import Value
 
-__all__ = ["cast_value", "check_range"]
+__all__ = ["INT_MAX", "INT_MIN", "cast_value", "check_range"]
+
+#: Integers are stored as SQLite INTEGER (64-bit): anything outside is not a value a device means.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
 
 
 def _describe(raw: object) -> str:
@@ -27,17 +31,22 @@ def cast_value(raw: object, vtype: str, where: str) -> Value:
     if vtype == "float":
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise DecodeError(f"{where}: expected a number, got {_describe(raw)}")
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:
+            raise DecodeError(f"{where}: number too large: {str(raw)[:40]}") from None
         if not math.isfinite(value):
             raise DecodeError(f"{where}: expected a finite number, got {value}")
         return value
     if vtype == "int":
         if isinstance(raw, bool):
             raise DecodeError(f"{where}: expected an integer, got {_describe(raw)}")
-        if isinstance(raw, int):
-            return raw
         if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
+            raw = int(raw)
+        if isinstance(raw, int):
+            if not INT_MIN <= raw <= INT_MAX:
+                raise DecodeError(f"{where}: integer outside 64 bits: {str(raw)[:40]}")
+            return raw
         raise DecodeError(f"{where}: expected an integer, got {_describe(raw)}")
     if vtype == "bool":
         if isinstance(raw, bool):

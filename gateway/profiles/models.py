@@ -76,7 +76,9 @@ class MqttProfile(_Model):
     payload: Literal["json"] = "json"
     time: TimeSpec | None = None
     max_payload_bytes: int = Field(default=16_384, gt=0, le=1_048_576)
-    max_skew_s: float = Field(default=300.0, gt=0, description="device clock skew beyond this flags quality suspect")
+    max_skew_s: float | None = Field(
+        default=None, gt=0, description="device clock skew beyond this flags quality suspect "
+                                        "(default: the gateway's pipeline.max_clock_skew_s, 300 s)")
 
     @field_validator("topic")
     @classmethod
@@ -151,8 +153,11 @@ class Point(_Model):
     labels: Labels | None = None
     # MQTT / JSON source
     path: str | None = Field(default=None, description="JSON field path in the payload, a.b[0].c")
-    map: dict[str, Value] | None = Field(
-        default=None, description="raw value -> point value; a raw value not listed gives no reading")
+    map: dict[str, Value | None] | None = Field(
+        default=None, description="raw value -> point value (null: a known value that gives no reading). When "
+                                  "no point reading the same field lists a value, the message is a dead letter")
+    map_match: Literal["exact", "ignore_case"] = Field(
+        default="exact", description="ignore_case: map keys match whatever the case and surrounding blanks")
     required: bool = Field(default=False, description="a payload without this field is a dead letter")
     source_unit: str | None = Field(default=None, description="unit the device sends; converted to unit")
     unit_path: str | None = Field(default=None, description="JSON path naming the unit the device sent")

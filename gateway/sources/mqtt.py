@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.errors import AuthenticationFailed
 from gateway.health import Health
@@ -41,6 +42,8 @@ __all__ = ["MqttSource"]
 _CHILD_PENDING_MAX = 20_000
 _FLUSH_EVERY_S = 0.002
 _FLUSH_AT = 500
+#: An oversized payload travels on as its first bytes only (it becomes a dead letter with its real size).
+_KEEP_OVERSIZE = 4096
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +55,14 @@ class _PahoReceiver:
     """paho in this process: subscribes to the profiles' topic patterns and feeds a sink."""
 
     def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
-                 name: str = "mqtt") -> None:
+                 name: str = "mqtt", max_payload_bytes: int = 262_144) -> None:
         if not subscriptions:
             raise ValueError("no topic to subscribe to: no MQTT profile is loaded")
         self.name = name
         self._settings = settings
         self._subscriptions = subscriptions
         self._sink = sink
+        self._max_payload = max_payload_bytes
         self._stage = health.stage(f"source:{name}", stall_after_s=60.0)
         self._stage.connected = False
         self._client: Any = None
@@ -154,8 +158,17 @@ class _PahoReceiver:
         new = [t for t in subscriptions if t not in self._subscriptions]
         self._subscriptions = list(subscriptions)
         if new and self._client is not None:
-            self._client.subscribe([(t, 1) for t in new])
+            self._client.subscribe(self._topics(new))
             logger.info("mqtt: subscribed to %s", ", ".join(new))
+
+    def _topics(self, topics: list[str]) -> list[tuple[str, Any]]:
+        """QoS 1; under MQTT 5 retained messages are sent only for a new subscription, so resubscribing
+        on a reconnect with the session present does not replay them (retained messages that do
+        arrive are taken as state once: see the committer)."""
+        if self._settings.protocol == "5":
+            return [(t, SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+                    for t in topics]
+        return [(t, 1) for t in topics]
 
     # ------------------------------------------------------------------ acknowledgements
 
@@ -187,7 +200,7 @@ class _PahoReceiver:
         session = bool(getattr(flags, "session_present", False))
         logger.info("mqtt: connected to %s:%s (session present: %s)", self._settings.host,
                     self._settings.port, session)
-        client.subscribe([(t, 1) for t in self._subscriptions])
+        client.subscribe(self._topics(self._subscriptions))
         self._stage.set_connected(True)
         self._first_result.set()
 
@@ -209,7 +222,24 @@ class _PahoReceiver:
         self._stage.set_connected(False, f"disconnected: {reason_code}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        raw = RawMessage(self.name, msg.topic, msg.payload, int(time.time() * 1000), (msg.mid, msg.qos), msg.dup)
+        try:
+            self._take(msg)
+        except Exception:  # an exception here would end paho's network thread: never let one through
+            self._stage.count("receive_errors")
+            logger.exception("mqtt: a message could not be taken; the broker redelivers it")
+
+    def _take(self, msg: Any) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho decodes the topic lazily; a broker should never pass such a one
+            topic = msg._topic.decode("utf-8", "replace")
+        payload: bytes = msg.payload
+        size = len(payload)
+        truncated = 0
+        if size > self._max_payload:  # keep the first bytes only: it is a dead letter, never data
+            payload, truncated = payload[:_KEEP_OVERSIZE], size
+        raw = RawMessage(self.name, topic, payload, int(time.time() * 1000), (msg.mid, msg.qos), msg.dup,
+                         bool(msg.retain), truncated)
         if self._sink.put(raw):
             self.received += 1
             self._stage.beat()
@@ -224,7 +254,7 @@ class _BatchSink:
     """In the receiver process: collects messages for the flusher; blocks paho when too many wait."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[str, bytes, int, int, bool, int]] = []
+        self.pending: list[tuple[str, bytes, int, int, bool, int, bool, int]] = []
         self.lock = threading.Lock()
         self.stopping = False
 
@@ -237,16 +267,17 @@ class _BatchSink:
         assert isinstance(token, tuple)
         with self.lock:
             self.pending.append((raw.address, raw.payload, int(token[0]), int(token[1]), raw.redelivered,
-                                 raw.received_at_ms))
+                                 raw.received_at_ms, raw.retained, raw.truncated_from))
         return True
 
-    def take(self) -> list[tuple[str, bytes, int, int, bool, int]]:
+    def take(self) -> list[tuple[str, bytes, int, int, bool, int, bool, int]]:
         with self.lock:
             out, self.pending = self.pending, []
         return out
 
 
-def _child_main(settings_json: str, subscriptions: list[str], name: str, data: Connection, ctl: Connection) -> None:
+def _child_main(settings_json: str, subscriptions: list[str], name: str, data: Connection, ctl: Connection,
+                max_payload_bytes: int) -> None:
     """The receiver process: paho, a flusher sending batches to the gateway, and its commands."""
     import pickle
 
@@ -254,7 +285,8 @@ def _child_main(settings_json: str, subscriptions: list[str], name: str, data: C
     settings = MqttSettings.model_validate_json(settings_json)
     health = Health()
     sink = _BatchSink()
-    receiver = _PahoReceiver(settings, subscriptions=subscriptions, sink=sink, health=health, name=name)
+    receiver = _PahoReceiver(settings, subscriptions=subscriptions, sink=sink, health=health, name=name,
+                             max_payload_bytes=max_payload_bytes)
     send_lock = threading.Lock()
 
     def send(obj: object) -> None:
@@ -310,11 +342,12 @@ class MqttSource:
     """
 
     def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
-                 name: str = "mqtt") -> None:
+                 name: str = "mqtt", max_payload_bytes: int = 262_144) -> None:
         if not subscriptions:
             raise ValueError("no topic to subscribe to: no MQTT profile is loaded")
         self.name = name
         self._settings = settings
+        self._max_payload = max_payload_bytes
         self._subscriptions = list(subscriptions)
         self._sink = sink
         self._stage = health.stage(f"source:{name}", stall_after_s=60.0)  # connected: unknown until it reports
@@ -334,7 +367,7 @@ class MqttSource:
         self._data, self._ctl = data_parent, ctl_parent
         self._proc = ctx.Process(target=_child_main, name=f"firegw-{self.name}-receiver", daemon=True,
                                  args=(self._settings.model_dump_json(), self._subscriptions, self.name, data_child,
-                                       ctl_child))
+                                       ctl_child, self._max_payload))
         self._proc.start()
         data_child.close()
         ctl_child.close()
@@ -362,8 +395,8 @@ class MqttSource:
             kind = msg[0]
             if kind == "batch":
                 taking = True
-                for topic, payload, mid, qos, dup, ms in msg[1]:
-                    if taking and sink.put(RawMessage(name, topic, payload, ms, (mid, qos), dup)):
+                for topic, payload, mid, qos, dup, ms, retained, truncated in msg[1]:
+                    if taking and sink.put(RawMessage(name, topic, payload, ms, (mid, qos), dup, retained, truncated)):
                         self.received += 1
                     else:
                         taking = False  # stopping: left unacknowledged, so the broker keeps them

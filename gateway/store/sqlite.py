@@ -8,6 +8,7 @@ message is acknowledged to its source only once all its effects are on disk.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +22,10 @@ from gateway.models import DeadLetter, Reading, Value
 from gateway.sources.base import DeviceStatusChange
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Store", "StoredReading"]
+__all__ = ["DEAD_LETTER_KEEP_BYTES", "Store", "StoredReading"]
+
+#: A dead letter keeps at most this much of its payload (with the real size and a digest).
+DEAD_LETTER_KEEP_BYTES = 4096
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +182,30 @@ class Store:
                  ch.status, ch.at_ms, ch.reason, ch.link))
 
     def insert_dead(self, dead: Sequence[DeadLetter]) -> None:
+        """Dead letters keep the first :data:`DEAD_LETTER_KEEP_BYTES` of a payload, its real size and
+        its SHA-256: enough to see what was wrong, never a disk filled by junk."""
         if dead:
             self.conn.executemany(
-                "INSERT INTO dead_letters (at, source, address, device_id, reason, payload) VALUES (?,?,?,?,?,?)",
-                [(d.received_at_ms, d.source, d.address, d.device_id, d.reason, d.payload) for d in dead])
+                "INSERT INTO dead_letters (at, source, address, device_id, reason, payload, size, digest) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(d.received_at_ms, d.source[:100], d.address[:DEAD_LETTER_KEEP_BYTES], d.device_id, d.reason[:1000],
+                  d.payload[:DEAD_LETTER_KEEP_BYTES], d.size if d.size is not None else len(d.payload),
+                  hashlib.sha256(d.payload).hexdigest() if d.size is None else None) for d in dead])
+
+    def retained_taken(self, topics: Iterable[str]) -> dict[str, bytes]:
+        """The id of the retained message last taken on each of ``topics``."""
+        out: dict[str, bytes] = {}
+        for topic in set(topics):
+            row = self.conn.execute("SELECT hash FROM retained WHERE topic = ?", (topic,)).fetchone()
+            if row is not None:
+                out[topic] = bytes(row[0])
+        return out
+
+    def record_retained(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
+        """Remember (topic, message id, ms) of retained messages taken as state."""
+        if rows:
+            self.conn.executemany("INSERT INTO retained VALUES (?,?,?) ON CONFLICT(topic) DO UPDATE SET "
+                                  "hash=excluded.hash, at=excluded.at", rows)
 
     def add_counters(self, deltas: dict[str, int]) -> None:
         items = [(k, v) for k, v in deltas.items() if v]
@@ -191,8 +215,12 @@ class Store:
                 items)
 
     def prune(self, *, readings_before_ms: int, messages_before_ms: int, dead_before_ms: int,
-              limit: int = 50_000) -> int:
-        """Delete old rows (retention), at most ``limit`` per table per call; returns rows deleted."""
+              limit: int = 50_000, dead_max_rows: int | None = None) -> int:
+        """Delete old rows (retention), at most ``limit`` per table per call; returns rows deleted.
+
+        ``dead_max_rows`` also bounds the dead letters by number (so by size: each keeps at most
+        :data:`DEAD_LETTER_KEEP_BYTES` of payload): the oldest go first.
+        """
         n = 0
         with self.transaction() as c:
             # never a reading a sink has not confirmed, and never the newest row (its seq must not be reused)
@@ -204,6 +232,9 @@ class Store:
                            "received_at < ? ORDER BY rowid LIMIT ?)", (messages_before_ms, limit)).rowcount
             n += c.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE at < ? "
                            "LIMIT ?)", (dead_before_ms, limit)).rowcount
+            if dead_max_rows is not None:
+                n += c.execute("DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC "
+                               "LIMIT 1 OFFSET ?)", (dead_max_rows,)).rowcount
         return n
 
     # ------------------------------------------------------------------ reads
@@ -257,11 +288,29 @@ class Store:
         return [StoredReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
                 for r in reversed(rows)]
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT id, at, source, address, device_id, reason, payload FROM dead_letters "
-                                 "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [{"id": r[0], "at_ms": r[1], "source": r[2], "address": r[3], "device_id": r[4], "reason": r[5],
-                 "payload": bytes(r[6]).decode("utf-8", "replace")} for r in rows]
+    def dead_letters(self, limit: int = 100, *, max_bytes: int | None = None,
+                     before_id: int | None = None) -> list[dict[str, Any]]:
+        """The newest dead letters first; ``max_bytes`` bounds the page (at least one row is returned),
+        ``before_id`` pages on. ``size`` is the payload's real size, ``payload`` at most its first
+        :data:`DEAD_LETTER_KEEP_BYTES` (``truncated`` says so)."""
+        sql = "SELECT id, at, source, address, device_id, reason, payload, size, digest FROM dead_letters"
+        args: list[Any] = []
+        if before_id is not None:
+            sql += " WHERE id < ?"
+            args.append(before_id)
+        rows = self.conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        out: list[dict[str, Any]] = []
+        used = 0
+        for r in rows:
+            payload = bytes(r[6])
+            size = r[7] if r[7] is not None else len(payload)
+            used += len(payload) + len(r[5]) + len(r[3]) + 200
+            if max_bytes is not None and out and used > max_bytes:
+                break
+            out.append({"id": r[0], "at_ms": r[1], "source": r[2], "address": r[3], "device_id": r[4],
+                        "reason": r[5], "payload": payload.decode("utf-8", "replace"), "size": size,
+                        "truncated": size > len(payload), "digest": r[8]})
+        return out
 
     def devices(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT device_id, site_id, first_seen, last_seen, status, status_since, "
@@ -273,4 +322,3 @@ class Store:
         return [{"device_id": r[0], "site_id": r[1], "first_seen_ms": r[2], "last_seen_ms": r[3],
                  "status": r[4], "status_since_ms": r[5], "status_reason": r[6], "link": r[7],
                  "latest": latest.get(r[0], {})} for r in rows]
-
