@@ -4,6 +4,14 @@ The broker is configured not to drop messages queued for a slow subscriber: Mosq
 ``max_queued_messages 1000`` silently discards QoS 1 messages beyond that for a persistent
 session that is not reading fast enough (or is offline). Persistence is on, so a broker restart
 keeps the gateway's session and its queued messages.
+
+Payloads are bounded (``message_size_limit``, :data:`MESSAGE_SIZE_LIMIT`): without a bound one client
+can make the broker hold messages of up to 256 MB (the MQTT maximum) in memory and in its persistence
+file for every subscriber. The bound is far above what any profile accepts (``mqtt.max_payload_bytes``
+is at most 1 MiB), so an oversized payload a test sends reaches the gateway and becomes a dead letter
+there, which is what the tests check; only a payload past the bound is refused by the broker itself
+(dropped; an MQTT 3.1.1 publisher gets an ordinary PUBACK, an MQTT 5 publisher a failure reason code).
+docker/mosquitto/mosquitto.conf sets a tighter bound for deployments.
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Mosquitto", "free_port", "mosquitto_binary"]
+__all__ = ["MESSAGE_SIZE_LIMIT", "Mosquitto", "free_port", "mosquitto_binary"]
 
 #: Per-client queue bound: large enough that the broker never drops a queued QoS 1 message in a
 #: realistic outage (a district's 10 000 devices at one message a minute for ten hours).
 MAX_QUEUED_MESSAGES = 10_000_000
+#: Largest payload the broker accepts (bytes): 16x the largest ``mqtt.max_payload_bytes`` a profile
+#: may set (1 MiB), so every oversize case the tests publish is the gateway's to dead-letter.
+MESSAGE_SIZE_LIMIT = 16 * 1_048_576
 
 
 def free_port() -> int:
@@ -64,6 +75,7 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     extra_config: str = ""
     tls_port: int | None = None
+    message_size_limit: int = MESSAGE_SIZE_LIMIT
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,6 +94,7 @@ class Mosquitto:
             "max_queued_bytes 0",
             "max_inflight_messages 0",
             "max_keepalive 3600",
+            f"message_size_limit {self.message_size_limit}",
             f"log_dest file {self.workdir}/mosquitto.log",
             "log_type error",
             "log_type warning",
