@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from gateway.committer import Committer, Hooks, RetentionPolicy
+from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.profiles.loader import Catalog, load_catalog
 from gateway.settings import GatewaySettings
@@ -30,6 +32,15 @@ logger = logging.getLogger(__name__)
 HookFactory = Callable[[Catalog, GatewaySettings], Hooks]
 #: What one dead letter costs at most on disk (payload prefix, reason, address, row): sizes the bound.
 DEAD_LETTER_ROW_BYTES = 2 * DEAD_LETTER_KEEP_BYTES + 1_200
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600), atomically (a reader never sees half of it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 class Gateway:
@@ -179,15 +190,18 @@ class Gateway:
     async def activate_profile(self, name: str, text: str, actor: str) -> None:
         """Write a validated profile into the profiles folder and switch to it without a restart."""
         path = self.settings.profiles_dir / f"{name}.yaml"
-        old = path.read_text(encoding="utf-8") if path.exists() else None
-        path.write_text(text, encoding="utf-8")
+        try:
+            old = path.read_text(encoding="utf-8") if path.exists() else None
+            _write_private(path, text)
+        except OSError as exc:
+            raise ConfigError(f"{path}: (file): cannot write: {exc.strerror or exc}") from exc
         try:
             catalog = await asyncio.to_thread(load_catalog, self.settings.profiles_dir, self.settings.inventory)
         except Exception:
             if old is None:
-                path.unlink()
+                path.unlink(missing_ok=True)
             else:
-                path.write_text(old, encoding="utf-8")
+                _write_private(path, old)
             raise
         await self.reload(catalog)
         logger.info("profile %s activated by %s", name, actor)

@@ -123,7 +123,15 @@ class ApiSettings(_Section):
     listen: str = Field(default="127.0.0.1:8080", description="host:port")
     tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens, stored as SHA-256 hashes")
     cors_origins: list[str] = Field(default_factory=list, description="closed by default")
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="checked after the token, before the body "
+                                "is read, chunked bodies included")
+    max_connections: int = Field(default=256, ge=8, le=65_536, description="more are closed at once")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a request head must arrive within this")
+    keepalive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections are closed after this")
+    max_streams_per_token: int = Field(default=4, ge=1, description="live streams (/api/v1/stream) per token")
+    docs: bool = Field(default=False, description="serve /docs (Swagger UI loads its assets from a CDN)")
+    dry_run_timeout_s: float = Field(default=5.0, gt=0, le=300, description="a profile dry run taking longer "
+                                     "is stopped (it runs in a worker process) and answered 422")
 
     @field_validator("listen")
     @classmethod
@@ -133,6 +141,14 @@ class ApiSettings(_Section):
             raise ValueError(f"expected host:port, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> ApiSettings:
+        if self.enabled and not self.tokens and not _loopback(self.host):
+            raise ValueError(f"listen: {self.listen} is not a loopback address and api.tokens is empty: with no "
+                             "tokens the API serves anyone who can reach it. Configure api.tokens "
+                             "(FIREGW_API__TOKENS) or listen on 127.0.0.1")
+        return self
+
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0]
@@ -140,6 +156,18 @@ class ApiSettings(_Section):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class WebhookSettings(_Section):

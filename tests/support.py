@@ -126,6 +126,42 @@ class GatewayProc:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
+                "FIREGW_PROFILES_DIR": str(PROFILES), **self.env}
+
+    def cli(self, *args: str) -> Any:
+        """``firegw ARGS --json`` against this gateway's store and settings, as an operator runs it."""
+        out = subprocess.run([PYTHON, "-m", "gateway.cli", *args, "--json"], env=self.environ(), cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)
+
+    @property
+    def api(self) -> str:
+        return "http://" + self.env["FIREGW_API__LISTEN"]
+
+
+class Publisher:
+    """A device-side MQTT client (paho, QoS 1): ``publish`` returns once the broker acknowledged."""
+
+    def __init__(self, broker_url: str, client_id: str = "test-publisher") -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        host, _, port = broker_url.removeprefix("mqtt://").partition(":")
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client.connect(host, int(port))
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(10)
+        assert info.is_published(), f"broker did not acknowledge a publish on {topic}"
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
 
 class _Runnable(Protocol):
     def run(self) -> Coroutine[Any, Any, None]: ...

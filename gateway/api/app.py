@@ -18,31 +18,37 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import uvicorn
-import yaml
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.api.auth import Caller, Role, TokenBook
-from gateway.errors import ConfigError, DecodeError, TransitionError
+from gateway.api.guard import AuthFailures, Guard, guarded_protocol
+from gateway.api.sandbox import Sandbox, SandboxBusy, SandboxLimit
+from gateway.errors import ConfigError, TransitionError
 from gateway.health import Health
-from gateway.profiles.loader import Catalog, format_validation_error
+from gateway.profiles.loader import Catalog
 from gateway.settings import GatewaySettings
 from gateway.store.sqlite import Store
 from gateway.store.workflow import WorkflowStore, iso, public_subject
 
-__all__ = ["ApiContext", "ApiServer", "create_app"]
+__all__ = ["PAGE_BYTES", "ApiContext", "ApiServer", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+#: A page of dead letters holds about this much at most, whatever ``limit`` says.
+PAGE_BYTES = 1_048_576
 
 ActFn = Callable[[str, str, str, str, str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
 
@@ -58,6 +64,7 @@ class ApiContext:
     admin: Callable[[str, dict[str, Any]], Awaitable[Any]] | None = None  # site overrides, profile activation
     sources: Callable[[], dict[str, bool | None]] = field(default_factory=lambda: dict)
     static_dir: Path | None = None
+    sandbox: Sandbox | None = None  # where profile dry runs run (a worker process); made on demand
 
 
 # ---------------------------------------------------------------------------- request bodies
@@ -65,6 +72,22 @@ class ApiContext:
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("text holds a lone surrogate (not valid Unicode)") from None
+        if isinstance(v, datetime) and not _EARLIEST <= (v if v.tzinfo else v.replace(tzinfo=UTC)) <= _LATEST:
+            raise ValueError("time outside 1970..2999")
+        return v
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2999, 12, 31, tzinfo=UTC)
 
 
 class ActionIn(_Body):
@@ -87,21 +110,26 @@ class InspectionIn(_Body):
 
 
 class ProfileIn(_Body):
-    profile_yaml: str = Field(min_length=1, max_length=512_000)
-    sample: str | None = Field(default=None, max_length=512_000, description="a payload (MQTT) or register dump")
+    profile_yaml: str = Field(min_length=1, max_length=262_144)
+    sample: str | None = Field(default=None, max_length=65_536, description="a payload (MQTT) or register dump")
 
 
 def _caller(request: Request) -> Caller:
     tokens: TokenBook = request.app.state.tokens
     c = tokens.lookup(request.headers.get("authorization"))
     if c is None:
-        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        client = request.client.host if request.client else "?"
+        request.app.state.auth_failures.note(client, request.url.path)
+        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
     return c
 
 
 def _need(role: Role) -> Callable[[Caller], Caller]:
     def check(c: Annotated[Caller, Depends(_caller)]) -> Caller:
         if not c.may(role):
+            if c.anonymous:
+                raise HTTPException(401, "no API tokens are configured, so the API is read-only: configure "
+                                         "api.tokens to act", headers={"WWW-Authenticate": "Bearer"})
             raise HTTPException(403, f"role {c.role} may not do this; it needs {role}")
         return c
     return check
@@ -115,7 +143,14 @@ HazardAction = Literal["confirm", "dispatch", "start", "rectified", "close", "re
 
 
 def _ms(dt: datetime | None) -> int | None:
-    return None if dt is None else int(dt.timestamp() * 1000)
+    """Epoch ms of a time from a request (naive means UTC), or 422 when it is outside 1970..2999."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    if not _EARLIEST <= dt <= _LATEST:
+        raise HTTPException(422, f"time {dt.isoformat()} is outside 1970..2999")
+    return int(dt.timestamp() * 1000)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -126,18 +161,30 @@ def create_app(ctx: ApiContext) -> FastAPI:
     tokens = TokenBook(s.api.tokens)
     db_path = s.store.path
     app = FastAPI(title="firegw ops API", version="1", description=__doc__,
+                  docs_url="/docs" if s.api.docs else None, redoc_url=None,
+                  swagger_ui_parameters={"syntaxHighlight": False},
                   openapi_tags=[{"name": "workflow", "description": "fire events (警情) and hazards (隐患)"}])
     app.state.tokens = tokens
+    app.state.auth_failures = failures = AuthFailures()
+    app.state.sandbox = sandbox = ctx.sandbox or Sandbox(timeout_s=s.api.dry_run_timeout_s)
+    streams: dict[str, int] = {}
     if s.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=s.api.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(Guard, authenticated=lambda auth: tokens.lookup(auth) is not None,
+                       max_body=s.api.max_body_bytes, failures=failures)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > s.api.max_body_bytes):
-            return JSONResponse({"detail": f"body over {s.api.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the offending input is not echoed: it may be huge, or not even encodable (a lone surrogate)
+        detail = [{"loc": [str(p)[:100] for p in err.get("loc", ())], "msg": str(err.get("msg", ""))[:300],
+                   "type": str(err.get("type", ""))} for err in exc.errors()[:20]]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("api: %s %s failed: %s", request.method, request.url.path[:200], exc, exc_info=exc)
+        return JSONResponse({"detail": "internal error; it is logged"}, status_code=500)
 
     @contextlib.contextmanager
     def store() -> Iterator[Store]:
@@ -275,9 +322,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 for r in rows]
 
     @app.get("/api/v1/dead-letters", tags=["devices"])
-    def dead_letters(_: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[dict[str, Any]]:
+    def dead_letters(_: Viewer, limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+                     before: Annotated[int | None, Query(ge=1, description="page on: ids below this")] = None
+                     ) -> list[dict[str, Any]]:
+        """Newest first. A page holds at most ``limit`` rows and about 1 MiB; each payload is at most its
+        first 4 KiB (``size`` is the real size, ``truncated`` says so). Page on with ``before=<last id>``."""
         with store() as st:
-            rows = st.dead_letters(limit=limit)
+            rows = st.dead_letters(limit=limit, max_bytes=PAGE_BYTES, before_id=before)
         for r in rows:
             r["at"] = iso(r.pop("at_ms"))
         return rows
@@ -393,66 +444,58 @@ def create_app(ctx: ApiContext) -> FastAPI:
                  "title_en": p.title.en, "transport": p.transport, "points": len(p.points),
                  "rules": len(p.rules), "devices": used.get(name, 0)} for name, p in sorted(cat.profiles.items())]
 
-    def _validate(body: ProfileIn) -> tuple[Any, list[str], list[dict[str, Any]]]:
-        from gateway.profiles.loader import _check_registers
-        from gateway.profiles.models import Profile
-        from gateway.rules.spec import validate_rules
-
+    async def _dry_run(body: ProfileIn) -> dict[str, Any]:
         try:
-            data = yaml.safe_load(body.profile_yaml)
-        except yaml.YAMLError as exc:
-            return None, [f"profile: (file): not valid YAML: {exc}"], []
-        if not isinstance(data, dict):
-            return None, ["profile: (top): expected a mapping"], []
-        try:
-            prof = Profile.model_validate(data)
-        except ValidationError as exc:
-            return None, format_validation_error("profile", exc), []
-        problems = [f"profile: {p}" for p in _check_registers(prof) + validate_rules(prof.rules, prof)]
-        sample: list[dict[str, Any]] = []
-        if body.sample is not None and not problems:
-            now = int(time.time() * 1000)
-            try:
-                if prof.transport == "mqtt":
-                    from gateway.normalize.json_decoder import JsonDecoder
-
-                    rs = JsonDecoder(prof).decode(body.sample.encode(), "(site)", "(device)", now)
-                else:
-                    from gateway.normalize.registers import decode_dump
-
-                    rs = decode_dump(prof, body.sample, now)
-            except DecodeError as exc:
-                problems.append(f"sample: {exc}")
-            else:
-                sample = [{"metric": r.metric, "value": r.value, "unit": r.unit, "quality": r.quality.value,
-                           "class": r.point_class.value} for r in rs]
-        return prof, problems, sample
+            out = await sandbox.dry_run(body.profile_yaml, body.sample)
+        except SandboxBusy as exc:
+            raise HTTPException(429, f"dry runs are busy: {exc}", headers={"Retry-After": "2"}) from exc
+        except SandboxLimit as exc:
+            raise HTTPException(422, {"valid": False, "problems": [f"profile: (file): {exc}"]}) from exc
+        if out["limit"]:
+            raise HTTPException(422, {"valid": False, "problems": out["problems"]})
+        return out
 
     @app.post("/api/v1/profiles/validate", tags=["profiles"])
-    def validate(body: ProfileIn, _: Viewer) -> dict[str, Any]:
-        prof, problems, sample = _validate(body)
-        return {"valid": not problems, "profile": prof.profile if prof else None, "problems": problems,
-                "readings": sample}
+    async def validate(body: ProfileIn, _: Viewer) -> dict[str, Any]:
+        """Dry run in a sandbox process (limits on size, nesting, time and memory)."""
+        out = await _dry_run(body)
+        return {"valid": out["valid"], "profile": out["profile"], "problems": out["problems"],
+                "readings": out["readings"]}
 
     @app.post("/api/v1/profiles/activate", tags=["profiles"])
     async def activate(body: ProfileIn, who: Admin) -> dict[str, Any]:
-        prof, problems, sample = await asyncio.to_thread(_validate, body)
-        if problems or prof is None:
-            raise HTTPException(422, {"valid": False, "problems": problems})
+        out = await _dry_run(body)
+        if not out["valid"] or out["profile"] is None:
+            raise HTTPException(422, {"valid": False, "problems": out["problems"]})
         if ctx.admin is None:
             raise HTTPException(503, "the gateway is not running")
         try:
-            await ctx.admin("activate_profile", {"name": prof.profile, "yaml": body.profile_yaml,
+            await ctx.admin("activate_profile", {"name": out["profile"], "yaml": body.profile_yaml,
                                                  "actor": who.name})
         except ConfigError as exc:
             raise HTTPException(409, {"valid": False, "problems": exc.problems}) from exc
-        return {"activated": prof.profile, "version": prof.version, "readings": sample}
+        return {"activated": out["profile"], "version": out["version"], "readings": out["readings"]}
 
     # ------------------------------------------------------------------ live stream
 
     @app.get("/api/v1/stream", tags=["workflow"])
     async def stream(request: Request, caller_: Viewer) -> StreamingResponse:
+        """Server-sent events; at most ``api.max_streams_per_token`` at once per token (429 beyond)."""
+        key = caller_.name
+        if streams.get(key, 0) >= s.api.max_streams_per_token:
+            raise HTTPException(429, f"{key} already has {streams[key]} streams open", headers={"Retry-After": "5"})
+        streams[key] = streams.get(key, 0) + 1
+
         async def gen() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in _events():
+                    yield chunk
+            finally:
+                streams[key] -= 1
+                if streams[key] <= 0:
+                    del streams[key]
+
+        async def _events() -> AsyncIterator[bytes]:
             def last_seq() -> int:
                 with store() as st:
                     row = st.conn.execute("SELECT coalesce(max(seq), 0) FROM workflow_events").fetchone()
@@ -491,13 +534,15 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
-    """uvicorn inside the gateway's event loop.
+    """uvicorn inside the gateway's event loop, on a socket the gateway binds itself.
 
-    The API failing (its port taken, say) must never stop ingestion: the server is retried every
-    few seconds and the failure shows in health (stage ``api``) until it listens.
+    The API is a guest of the process: when it cannot bind (its port taken, say) it logs once, shows
+    ``api`` failing in health, and retries with backoff (1 s doubling to 30 s) while ingestion goes
+    on; when the port frees, it serves with no restart. uvicorn never binds (it would ``sys.exit``).
     """
 
-    RETRY_S = 5.0
+    RETRY_MIN_S = 1.0
+    RETRY_MAX_S = 30.0
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
@@ -508,31 +553,60 @@ class ApiServer:
 
     def _new_server(self) -> _Server:
         s = self.ctx.settings.api
-        return _Server(uvicorn.Config(self.app, host=s.host, port=s.port, log_level="critical",
-                                      access_log=False, lifespan="off"))
+        protocol = guarded_protocol(max_connections=s.max_connections, header_timeout_s=s.header_timeout_s)
+        return _Server(uvicorn.Config(self.app, log_level="critical", access_log=False, lifespan="off",
+                                      http=protocol, timeout_keep_alive=max(1, int(s.keepalive_s)),
+                                      h11_max_incomplete_event_size=16_384, server_header=False,
+                                      timeout_graceful_shutdown=2))
+
+    def _bind(self) -> socket.socket:
+        s = self.ctx.settings.api
+        host = s.host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, s.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     async def run(self) -> None:
-        failed = False
+        listen = self.ctx.settings.api.listen
+        delay = self.RETRY_MIN_S
         while not self._stopping:
-            self._server = self._new_server()
-            task = asyncio.create_task(self._server.serve())
-            while not self._server.started and not task.done():
-                await asyncio.sleep(0.05)
-            if self._server.started:
-                self._stage.set_connected(True)
-                failed = False
             try:
-                await task
-            except (SystemExit, OSError) as exc:  # uvicorn exits when it cannot bind
-                if not failed:
-                    logger.error("api: cannot listen on %s (%r); retrying every %.0f s", self.ctx.settings.api.listen,
-                                 exc, self.RETRY_S)
-                failed = True
-                self._stage.set_connected(False, f"cannot listen on {self.ctx.settings.api.listen}")
+                sock = self._bind()
+            except OSError as exc:
+                reason = f"cannot listen on {listen}: {exc.strerror or exc}; the API is not serving, ingestion goes on"
+                if self._stage.fail(reason + f"; retrying (backoff up to {self.RETRY_MAX_S:.0f} s)"):
+                    self._stage.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.RETRY_MAX_S)
+                continue
+            delay = self.RETRY_MIN_S
+            server = self._server = self._new_server()
+            if self._stage.failing is not None:
+                logger.info("api: %s is free again", listen)
+            self._stage.ok()
+            self._stage.set_connected(True)
+            logger.info("api: serving on %s", listen)
+            try:
+                await server.serve(sockets=[sock])
+            except (Exception, SystemExit) as exc:  # never let uvicorn end the gateway
+                self._stage.fail(f"the API server stopped: {exc!r}; restarting")
+                self._stage.connected = False
+            finally:
+                sock.close()
             if not self._stopping:
-                await asyncio.sleep(self.RETRY_S)
+                await asyncio.sleep(delay)
 
     def stop(self) -> None:
         self._stopping = True
         if self._server is not None:
             self._server.should_exit = True
+        sandbox = getattr(self.app.state, "sandbox", None)
+        if sandbox is not None:
+            sandbox.close()

@@ -2,8 +2,8 @@
 
 Tokens are configured as SHA-256 digests (or as plain tokens hashed at load, for demos); the API
 compares digests in constant time and never keeps a plain token. With no token configured the
-API is open (the default listens on loopback only); once any token is configured, every data
-route needs one.
+API serves viewers anonymously and refuses every write, and it listens on a loopback address only
+(the settings refuse anything else); once any token is configured, every data route needs one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Literal
 
 from gateway.settings import ApiToken
 
-__all__ = ["ROLES", "Caller", "TokenBook"]
+__all__ = ["ANONYMOUS", "ROLES", "Caller", "TokenBook"]
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -25,9 +25,14 @@ ROLES: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 class Caller:
     name: str
     role: Role
+    anonymous: bool = False
 
     def may(self, role: Role) -> bool:
         return ROLES[self.role] >= ROLES[role]
+
+
+#: Who calls when no token is configured: a viewer (the API then listens on loopback only).
+ANONYMOUS = Caller("anonymous", "viewer", anonymous=True)
 
 
 class TokenBook:
@@ -39,8 +44,10 @@ class TokenBook:
         return not self._by_digest
 
     def lookup(self, authorization: str | None) -> Caller | None:
+        """The caller a request's ``Authorization`` header names, or None (no or unknown token).
+        With no tokens configured everyone is :data:`ANONYMOUS`, a viewer: reads only."""
         if self.open:
-            return Caller("anonymous", "admin")
+            return ANONYMOUS
         if not authorization or not authorization.lower().startswith("bearer "):
             return None
         digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()

@@ -206,7 +206,8 @@ class Point(_Model):
 class Profile(_Model):
     """What a kind of device sends and how to read it."""
 
-    profile: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="profile name, referenced by devices")
+    profile: str = Field(pattern=r"^[a-z][a-z0-9-]*$", max_length=64,
+                         description="profile name, referenced by devices (and the file name)")
     version: int = Field(default=1, ge=1)
     kind: str = Field(pattern=_NAME, description="device kind; the measurement name in a time-series store")
     title: Labels

@@ -1,0 +1,108 @@
+"""The profile dry run: validate a pasted profile and decode a sample with it. Pure (no I/O).
+
+It runs in the sandbox's worker process (:mod:`gateway.api.sandbox`), never in the gateway's, because
+what it parses comes from a client: YAML nested 100,000 deep, aliases that multiply, a huge sample.
+Everything it returns is plain data that crosses a pipe.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.errors import ConfigError, DecodeError
+
+__all__ = ["MAX_DEPTH", "MAX_NODES", "dry_run"]
+
+#: Deepest nesting a profile may have (a real one is under 10 levels).
+MAX_DEPTH = 32
+#: Most YAML nodes a profile may hold (the biggest shipped one has about 1,000).
+MAX_NODES = 50_000
+
+
+class _Limited(yaml.SafeLoader):
+    """A safe loader that refuses documents deeper than MAX_DEPTH or bigger than MAX_NODES while
+    composing them, before anything is built (aliases count once per use)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        if self._depth > MAX_DEPTH:
+            raise ConfigError(f"profile: (file): nested deeper than {MAX_DEPTH} levels")
+        if self._nodes > MAX_NODES:
+            raise ConfigError(f"profile: (file): more than {MAX_NODES} values")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load(text: str) -> Any:
+    loader = _Limited(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def dry_run(profile_yaml: str, sample: str | None) -> dict[str, Any]:
+    """``{"valid", "profile", "version", "problems", "readings", "limit"}`` for a profile and an optional
+    sample; ``limit`` is true when the profile went past a limit (nesting, size) and was not read."""
+    from gateway.profiles.loader import _check_registers, format_validation_error
+    from gateway.profiles.models import Profile
+    from gateway.rules.spec import validate_rules
+
+    out: dict[str, Any] = {"valid": False, "profile": None, "version": None, "problems": [], "readings": [],
+                           "limit": False}
+    try:
+        data = _load(profile_yaml)
+    except ConfigError as exc:  # past a limit
+        out["problems"], out["limit"] = exc.problems, True
+        return out
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        out["problems"] = [f"profile: {where}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]
+        return out
+    except RecursionError:
+        out["problems"], out["limit"] = [f"profile: (file): nested deeper than {MAX_DEPTH} levels"], True
+        return out
+    if not isinstance(data, dict):
+        out["problems"] = ["profile: (top): expected a mapping"]
+        return out
+    try:
+        prof = Profile.model_validate(data)
+    except ValidationError as exc:
+        out["problems"] = format_validation_error("profile", exc)
+        return out
+    out["profile"], out["version"] = prof.profile, prof.version
+    problems = [f"profile: {p}" for p in _check_registers(prof) + validate_rules(prof.rules, prof)]
+    if sample is not None and not problems:
+        now = int(time.time() * 1000)
+        try:
+            if prof.transport == "mqtt":
+                from gateway.normalize.json_decoder import JsonDecoder
+
+                rs = JsonDecoder(prof).decode(sample.encode("utf-8", "replace"), "(site)", "(device)", now)
+            else:
+                from gateway.normalize.registers import decode_dump
+
+                rs = decode_dump(prof, sample, now)
+        except DecodeError as exc:
+            problems.append(f"sample: {exc}")
+        except Exception as exc:  # the decoders contain their failures; this is the last guard
+            problems.append(f"sample: could not be decoded: {type(exc).__name__}: {exc}"[:300])
+        else:
+            out["readings"] = [{"metric": r.metric, "value": r.value, "unit": r.unit, "quality": r.quality.value,
+                                "class": r.point_class.value} for r in rs]
+    out["problems"] = problems
+    out["valid"] = not problems
+    return out

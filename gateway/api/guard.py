@@ -1,0 +1,188 @@
+"""What stands between the network and the API: connection limits, timeouts, body limits, headers.
+
+The API is a guest of the gateway's process: nothing a client does may cost the pipeline more than a
+bounded share. This module holds the pieces that work below FastAPI:
+
+- :class:`GuardedH11Protocol` (uvicorn's h11 protocol): at most ``max_connections`` open connections
+  (one more is closed at once, so idle sockets cannot exhaust the descriptors), and a connection that
+  has not sent a whole request head within ``header_timeout_s`` is closed (slow or idle clients);
+  uvicorn's own keep-alive timeout closes idle connections between requests.
+- :class:`Guard` (ASGI middleware, outermost): security headers on every response; for a request
+  with a body, the token is checked **before** the body is read (401, nothing read), and the body is
+  read with a limit that holds for chunked bodies too (413 as soon as it is passed).
+- :class:`AuthFailures`: failed authentications are logged, at most one line a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["SECURITY_HEADERS", "AuthFailures", "Guard", "GuardedH11Protocol", "guarded_protocol"]
+
+logger = logging.getLogger("gateway.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Sent with every response. The dashboard loads everything from the gateway (no CDN, no inline code).
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                 b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                                 b"form-action 'self'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class AuthFailures:
+    """Counts failed authentications and logs them at most once per ``every_s`` (never per request)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.total = 0
+        self._pending = 0
+        self._last_log = -1e9
+
+    def note(self, client: str, path: str) -> None:
+        self.total += 1
+        self._pending += 1
+        now = time.monotonic()
+        if now - self._last_log >= self.every_s:
+            logger.warning("api: %d failed authentication(s) in the last %.0f s (latest from %s on %s)",
+                           self._pending, min(self.every_s, now - self._last_log), client, path[:200])
+            self._last_log = now
+            self._pending = 0
+
+
+async def _respond(send: Send, status: int, detail: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *extra, *SECURITY_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware: see the module docstring.
+
+    ``authenticated(headers)`` says whether a request's credentials are acceptable (always true when
+    the API is open, with no tokens configured); ``max_body`` bounds every request body.
+    """
+
+    def __init__(self, app: ASGIApp, *, authenticated: Callable[[str | None], bool], max_body: int,
+                 failures: AuthFailures) -> None:
+        self.app = app
+        self.authenticated = authenticated
+        self.max_body = max_body
+        self.failures = failures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []),
+                                      *(h for h in SECURITY_HEADERS if h[0] not in names)]
+            await send(message)
+
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send_with_headers)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        auth = headers.get(b"authorization")
+        if not self.authenticated(auth.decode("latin-1") if auth is not None else None):
+            client = scope.get("client") or ("?", 0)
+            self.failures.note(str(client[0]), str(scope.get("path", "")))
+            await _respond(send, 401, "a valid bearer token is required",
+                           [(b"www-authenticate", b"Bearer")])
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _respond(send, 413, f"body over {self.max_body} bytes")
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if len(body) > self.max_body:
+                await _respond(send, 413, f"body over {self.max_body} bytes")
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send_with_headers)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a connection cap and a deadline for each request head."""
+
+    max_connections = 256
+    header_timeout_s = 10.0
+    refused = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            type(self).refused += 1
+            transport.abort()
+            return
+        self._head_deadline: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._late)
+
+    def _late(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            deadline = getattr(self, "_head_deadline", None)
+            if deadline is not None:  # a whole request head arrived: the app's own timing takes over
+                deadline.cancel()
+                self._head_deadline = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        deadline = getattr(self, "_head_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        if not self.transport.is_closing():  # the next request's head is due within the same deadline
+            self._head_deadline = self.loop.call_later(self.header_timeout_s, self._late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        deadline = getattr(self, "_head_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
+
+
+def guarded_protocol(*, max_connections: int, header_timeout_s: float) -> type[GuardedH11Protocol]:
+    """A protocol class with these limits (a subclass, so several servers in one process do not share them)."""
+    return type("GuardedH11", (GuardedH11Protocol,), {"max_connections": max_connections,
+                                                     "header_timeout_s": header_timeout_s, "refused": 0})
