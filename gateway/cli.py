@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -53,7 +54,10 @@ def _print_json(obj: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    os.umask(0o077)  # the store, its WAL, activated profiles: readable by the gateway's user only
     from gateway.pipeline import Gateway
 
     gw = Gateway(settings)

@@ -75,8 +75,9 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        filename=str(workdir / "gateway.log"))
+    from gateway.logs import setup_logging
+
+    setup_logging(logging.WARNING, filename=str(workdir / "gateway.log"))
     broker = Mosquitto(workdir / "broker").start()
     procs: list[subprocess.Popen[bytes]] = []
     modbus_port = free_port()

@@ -211,7 +211,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     def readyz(_: Viewer) -> JSONResponse:
         stages = [stg.snapshot() for stg in ctx.health.stages()]
-        problems = [f"{st['name']}: stalled" for st in stages if st["stalled"]]
+        problems = [f"{st['name']}: {st['failing']}" for st in stages if st["failing"]]
+        problems += [f"{st['name']}: stalled" for st in stages if st["stalled"]]
         problems += [f"{st['name']}: disconnected ({st['last_error'] or ''})"
                      for st in stages if st["connected"] is False]
         try:
@@ -239,6 +240,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             lines.append(f'firegw_stage_seconds_since_progress{{stage="{stg.name}"}} {snap["since_progress_s"]}')
             lines.append(f'firegw_stage_depth{{stage="{stg.name}"}} {stg.depth}')
             lines.append(f'firegw_stage_stalled{{stage="{stg.name}"}} {int(stg.stalled())}')
+            lines.append(f'firegw_stage_failing{{stage="{stg.name}"}} {int(stg.failing is not None)}')
             if stg.connected is not None:
                 lines.append(f'firegw_stage_connected{{stage="{stg.name}"}} {int(stg.connected)}')
             for ck, cv in stg.counters.items():

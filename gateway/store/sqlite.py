@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +47,19 @@ class StoredReading:
     urgent: bool
 
 
+def _private(path: Path) -> None:
+    """The store holds who acted on what and the raw payloads: only its owner may read it. SQLite gives
+    the WAL and shared-memory files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if p.exists() and p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+    except OSError as exc:  # a read-only folder: opening the store says what is wrong
+        logger.debug("store %s: cannot restrict permissions: %s", path, exc)
+
+
 class Store:
     """A connection to the embedded store."""
 
@@ -62,6 +76,7 @@ class Store:
             raise ConfigError(f"{self.path}: store.path: no store here (has the gateway run?)")
         if not self._readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
