@@ -2,8 +2,15 @@
 
 Every POST must carry a valid ``X-Firegw-Signature`` (HMAC-SHA256 of ``<timestamp>.<body>`` with
 ``--secret``, see ``gateway/notify/webhook.py``) and a ``X-Firegw-Timestamp`` within 5 minutes;
-anything else gets 401 and is not recorded. Accepted events are recorded once per ``event_id``
-(later copies are counted as duplicates).
+a missing or wrong signature, or a timestamp too far from now, gets 401 and is not recorded.
+Accepted events are recorded once per ``event_id`` (later copies are counted as duplicates).
+
+Whatever arrives gets an answer with a reason (JSON ``{"detail": ...}``) and the receiver goes on:
+400 for a malformed request (a timestamp that is not Unix seconds in ASCII digits, a bad
+``Content-Length``, a body that is not a JSON object with a non-empty string ``event_id``, a body
+shorter than announced), 411 without ``Content-Length`` (chunked bodies are not taken), 413 past
+1 MiB, 408 when the body stops arriving for 60 s (``read_timeout_s``), and 500 (with the exception's
+class, counted as ``errors``) should the receiver itself fail.
 
 Scenarios:
   record        answer 200 (default)
@@ -34,11 +41,13 @@ import hashlib
 import hmac
 import json
 import queue
+import re
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +58,13 @@ __all__ = ["SCENARIOS", "Receiver", "add_arguments", "run", "signature"]
 SCENARIOS = ("record", "ack-resolve", "fail500", "flaky", "timeout", "down", "retry-after", "reject")
 TIMESTAMP_TOLERANCE_S = 300
 MAX_BODY = 1_048_576
+#: Seconds a connection may stay silent (a stalled body, an idle keep-alive) before it is closed.
+READ_TIMEOUT_S = 60.0
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
+_LENGTH = re.compile(r"[0-9]{1,12}", re.ASCII)
+#: Deepest nesting taken in an event body (the gateway's are a few levels deep); deeper bodies could
+#: not be written back out by ``GET /received`` within Python's recursion limit.
+MAX_DEPTH = 64
 ACTION_QUEUE = 10_000
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -57,6 +73,38 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     """The expected ``X-Firegw-Signature`` (see gateway/notify/webhook.py)."""
     mac = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
     return f"sha256={mac.hexdigest()}"
+
+
+class _Refused(Exception):
+    """A request answered with ``status`` and ``detail``; ``close``: the rest of it was not read."""
+
+    def __init__(self, status: int, detail: str, *, counter: str = "bad_request", close: bool = False) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.counter, self.close = status, detail, counter, close
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A header value as it may appear in an answer: quoted, escaped, cut."""
+    return ascii(value[:limit]) + ("..." if len(value) > limit else "")
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1) for item in node if isinstance(item, (dict, list)))
+    return deepest
+
+
+def _scalar(value: Any) -> str:
+    """A field of an event for a log line: scalars as they are (escaped), anything else by its type."""
+    text = str(value) if value is None or isinstance(value, (str, int, float, bool)) else f"<{type(value).__name__}>"
+    return text[:200].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Server(ThreadingHTTPServer):
@@ -69,10 +117,14 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # a request line that does not parse is answered with a status line too (HTTP/0.9 would have none)
+    default_request_version = "HTTP/1.0"
     server: _Server
 
     def setup(self) -> None:
         super().setup()
+        # a stalled body or an idle connection holds no thread for long
+        self.connection.settimeout(self.server.receiver.read_timeout_s)
         # headers and body go out in two writes: without this, Nagle and the client's delayed ACK
         # add ~40 ms to every answer on a kept-alive connection
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -80,20 +132,46 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a request line or headers it cannot parse, an unknown
+        method), as JSON with the reason like every other answer."""
+        if self.command == "HEAD" or code < 200 or code in (204, 304):
+            super().send_error(code, message, explain)
+            return
+        self.close_connection = True
+        self._send(code, {"detail": message or explain or self.responses.get(code, ("error",))[0]})
+
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        # backslashreplace: a lone surrogate from a JSON body (valid JSON, not valid UTF-8) goes out as \udXXX
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8", "backslashreplace")
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
         except OSError:  # the client gave up (timeout scenario)
             self.close_connection = True
 
     def do_GET(self) -> None:
+        try:
+            self._get()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """A fault of the receiver's own: answer it (never drop the connection), say so, go on serving."""
+        self.server.receiver.count("errors")
+        print(f"workflow: error handling {self.command} {_shown(self.path)}:\n{traceback.format_exc()}",
+              file=sys.stderr, flush=True)
+        self.close_connection = True
+        self._send(500, {"detail": f"receiver error: {type(exc).__name__}"})
+
+    def _get(self) -> None:
         r = self.server.receiver
         path = self.path.split("?", 1)[0]
         if path == "/received":
@@ -112,31 +190,72 @@ class _Handler(BaseHTTPRequestHandler):
         if r.is_down():
             self.close_connection = True  # drop it: no answer, as if the host were gone
             return
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self.close_connection = True
-            self._send(411, {"detail": "Content-Length required"})
+        try:
+            self._post(r)
+        except _Refused as exc:
+            r.count(exc.counter)
+            if exc.close:
+                self.close_connection = True
+            self._send(exc.status, {"detail": exc.detail})
+            if exc.close:
+                self._drain()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _drain(self, limit: int = 2 * MAX_BODY, seconds: float = 2.0) -> None:
+        """Read and drop what the client still sends after a refusal, within bounds: closing a socket
+        with unread data resets the connection, and the client may lose the answer with it."""
+        deadline = time.monotonic() + seconds
+        taken = 0
+        try:
+            self.wfile.flush()
+            self.connection.settimeout(0.5)
+            while taken < limit and time.monotonic() < deadline:
+                chunk = self.rfile.read1(65536)
+                if not chunk:
+                    return
+                taken += len(chunk)
+        except OSError:  # timed out or gone: nothing more to drop
             return
-        if int(length) > MAX_BODY:
-            self.close_connection = True
-            self._send(413, {"detail": f"body over {MAX_BODY} bytes"})
-            return
-        body = self.rfile.read(int(length))
-        problem = r.check_signature(self.headers.get("X-Firegw-Timestamp"), self.headers.get("X-Firegw-Signature"),
-                                    body)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise _Refused(411, "Content-Length required (a chunked body is not taken)", close=True)
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            raise _Refused(411, "Content-Length required", close=True)
+        if len(set(lengths)) != 1 or not _LENGTH.fullmatch(lengths[0].strip()):
+            raise _Refused(400, f"bad Content-Length {_shown(', '.join(lengths))}", close=True)
+        length = int(lengths[0])
+        if length > MAX_BODY:
+            raise _Refused(413, f"body over {MAX_BODY} bytes", close=True)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            waited = self.server.receiver.read_timeout_s
+            raise _Refused(408, f"body not received within {waited:g} s", close=True) from None
+        except OSError as exc:  # the client went away: nobody to answer
+            raise _Refused(400, f"connection lost while reading the body: {exc}", close=True) from None
+        if len(body) != length:
+            raise _Refused(400, f"body of {len(body)} bytes, {length} announced", close=True)
+        return body
+
+    def _post(self, r: Receiver) -> None:
+        body = self._body()
+        problem = r.verify(self.headers.get("X-Firegw-Timestamp"), self.headers.get("X-Firegw-Signature"), body)
         if problem is not None:
-            r.count("unauthorized")
-            self._send(401, {"detail": problem})
-            return
+            raise _Refused(*problem, counter="unauthorized" if problem[0] == 401 else "bad_request")
         try:
             event = json.loads(body)
-            event_id = event["event_id"]
-            if not isinstance(event_id, str) or not event_id:
-                raise ValueError("event_id must be a non-empty string")
-        except (ValueError, KeyError, TypeError) as exc:
-            r.count("bad_request")
-            self._send(400, {"detail": f"not an event body: {exc}"})
-            return
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
+            raise _Refused(400, f"not an event body: not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if not isinstance(event, dict):
+            raise _Refused(400, f"not an event body: a JSON {type(event).__name__}, not an object")
+        if _depth(event) > MAX_DEPTH:
+            raise _Refused(400, f"not an event body: nested deeper than {MAX_DEPTH} levels")
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            raise _Refused(400, "not an event body: event_id must be a non-empty string")
         keys_ok = self.headers.get("Idempotency-Key") == event_id == self.headers.get("X-Firegw-Event-Id")
         status, headers = r.decide(event_id)
         if status == 200:
@@ -151,7 +270,8 @@ class Receiver:
 
     def __init__(self, *, secret: str, host: str = "127.0.0.1", port: int = 0, scenario: str = "record",
                  api: str = "http://127.0.0.1:8080", token: str | None = None, down_after: int | None = None,
-                 down_for: float = 5.0, sleep_s: float = 30.0, quiet: bool = True) -> None:
+                 down_for: float = 5.0, sleep_s: float = 30.0, quiet: bool = True,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} ({', '.join(SCENARIOS)})")
         if host not in LOOPBACK:
@@ -168,6 +288,7 @@ class Receiver:
         self.down_for = down_for
         self.sleep_s = sleep_s
         self.quiet = quiet
+        self.read_timeout_s = read_timeout_s
         self._lock = threading.Lock()
         self._received: list[dict[str, Any]] = []
         self._seen: set[str] = set()
@@ -175,7 +296,7 @@ class Receiver:
         self._log: list[dict[str, Any]] = []
         self._actions: list[dict[str, Any]] = []
         self._counters: dict[str, int] = {"requests": 0, "duplicates": 0, "unauthorized": 0, "bad_request": 0,
-                                          "api_calls": 0, "api_errors": 0, "actions_dropped": 0}
+                                          "errors": 0, "api_calls": 0, "api_errors": 0, "actions_dropped": 0}
         self._by_status: dict[str, int] = {}
         self._down_until = 0.0
         self._went_down = False
@@ -239,14 +360,23 @@ class Receiver:
             self._counters[key] = self._counters.get(key, 0) + 1
 
     def check_signature(self, timestamp: str | None, sig: str | None, body: bytes) -> str | None:
+        """Why the request is refused, or None."""
+        problem = self.verify(timestamp, sig, body)
+        return None if problem is None else problem[1]
+
+    def verify(self, timestamp: str | None, sig: str | None, body: bytes) -> tuple[int, str] | None:
+        """(status, reason) for a request that is not signed as it must be, or None: 400 when the
+        timestamp is malformed, 401 when the signature is missing or wrong or the time too far off."""
         if not timestamp or not sig:
-            return "missing X-Firegw-Timestamp or X-Firegw-Signature"
-        if not timestamp.isdigit():
-            return "bad X-Firegw-Timestamp"
+            return 401, "missing X-Firegw-Timestamp or X-Firegw-Signature"
+        if not _TIMESTAMP.fullmatch(timestamp.strip()):
+            return 400, f"bad X-Firegw-Timestamp {_shown(timestamp)}: expected Unix seconds in ASCII digits"
+        timestamp = timestamp.strip()
         if abs(time.time() - int(timestamp)) > TIMESTAMP_TOLERANCE_S:
-            return "X-Firegw-Timestamp too far from now"
-        if not hmac.compare_digest(signature(self.secret, timestamp, body), sig):
-            return "bad signature"
+            return 401, "X-Firegw-Timestamp too far from now"
+        expected = signature(self.secret, timestamp, body).encode("ascii")
+        if not sig.isascii() or not hmac.compare_digest(expected, sig.strip().encode("ascii")):
+            return 401, "bad signature"
         return None
 
     def decide(self, event_id: str) -> tuple[int, dict[str, str]]:
@@ -279,14 +409,14 @@ class Receiver:
                 self._went_down = go_down = True
                 self._down_until = time.monotonic() + self.down_for
         if not self.quiet:
-            print(f"workflow: {event.get('kind')} {event.get('subject_id')} {event.get('type')}", flush=True)
+            print(f"workflow: {' '.join(_scalar(event.get(k)) for k in ('kind', 'subject_id', 'type'))}", flush=True)
         if go_down:
             threading.Thread(target=self._outage, name="workflow-outage", daemon=True).start()
         if self.scenario == "ack-resolve" and event.get("type") == "opened":
-            subject = event.get(str(event.get("kind"))) or {}
+            subject = event.get(str(event.get("kind")))
+            state = subject.get("state", "") if isinstance(subject, dict) else ""
             try:
-                self._queue.put_nowait((str(event.get("kind")), str(event.get("subject_id")),
-                                        str(subject.get("state", ""))))
+                self._queue.put_nowait((str(event.get("kind")), str(event.get("subject_id")), str(state)))
             except queue.Full:
                 with self._lock:
                     self._counters["actions_dropped"] += 1
