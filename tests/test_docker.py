@@ -34,13 +34,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import BaseModel
 
 from gateway.cli import build_parser
+from gateway.errors import ConfigError
 from gateway.profiles.loader import load_catalog
 from gateway.profiles.models import MqttProfile
 from gateway.settings import GatewaySettings, load_settings
 from simulators.__main__ import SIMULATORS
 from simulators.broker import MESSAGE_SIZE_LIMIT, Mosquitto, free_port
 from simulators.fleet import _malformed, build_devices, inventory_for
-from tests.support import PROFILES, ROOT, wait_for
+from tests.support import PROFILES, PYTHON, ROOT, wait_for
 
 DOCKER = ROOT / "docker"
 MOSQ = DOCKER / "mosquitto"
@@ -504,6 +505,14 @@ def test_api_listens_beyond_loopback_only_with_tokens() -> None:
     # and the tokens are not optional: without them compose does not start at all
     assert _variables(RAW_COMPOSE["services"]["gateway"]["environment"]["FIREGW_API__TOKENS"]) == \
         [("API_TOKENS", ":?")]
+    # were they dropped from the file, the gateway would refuse to start (exit 2, naming the settings)
+    without = {k: v for k, v in GATEWAY_ENV.items() if k != "FIREGW_API__TOKENS"}
+    with pytest.raises(ConfigError, match=r"api\.tokens"):
+        load_settings(DOCKER / "gateway.example.yaml", env=without)
+    run = subprocess.run([PYTHON, "-m", "gateway.cli", "run", "--config", str(DOCKER / "gateway.example.yaml")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **without})
+    assert run.returncode == 2 and "api.tokens" in run.stderr + run.stdout, (run.returncode, run.stderr[-2000:])
     # the example file (the image's own config) stays loopback-only when it has no tokens
     example = yaml.safe_load((DOCKER / "gateway.example.yaml").read_text(encoding="utf-8"))
     assert example["api"]["tokens"] or _loopback(example["api"]["listen"].rpartition(":")[0])
