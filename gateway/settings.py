@@ -303,6 +303,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             raise ConfigError(f"{config}: (file): cannot read: {exc.strerror or exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{config}: (file): not valid YAML: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"{config}: (file): nested too deeply") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{config}: (top): expected a mapping")
         data = loaded or {}

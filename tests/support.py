@@ -24,6 +24,12 @@ PYTHON = sys.executable
 T = TypeVar("T")
 
 
+def fuzz_examples(n: int) -> int:
+    """Hypothesis example counts: ``n`` in ``./scripts/test``; ``scripts/fuzz`` scales them up
+    (``FIREGW_FUZZ_SCALE``) for a longer run."""
+    return max(1, int(n * float(os.environ.get("FIREGW_FUZZ_SCALE", "1"))))
+
+
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``cond`` until it returns something truthy, or fail naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -289,7 +289,8 @@ def test_taken_api_port_never_stops_ingestion(tmp_path: Path, broker: Mosquitto)
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, 8)
     gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                           "FIREGW_MQTT__CLIENT_ID": "taken", "FIREGW_API__LISTEN": f"127.0.0.1:{port}"})
+                                           "FIREGW_MQTT__CLIENT_ID": "taken",
+                                           "FIREGW_API__LISTEN": f"127.0.0.1:{port}"})
     gw.start()
     try:
         run_fleet(broker.url, "--devices", "8", "--rate", "2", "--duration", "1")

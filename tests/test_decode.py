@@ -16,7 +16,7 @@ from gateway.models import Quality, RawMessage
 from gateway.normalize.json_decoder import JsonDecoder, has_duplicate_keys
 from gateway.normalize.router import Decoded, MqttNormalizer
 from gateway.profiles.loader import Catalog, load_catalog, load_profile
-from tests.support import PROFILES, ROOT
+from tests.support import PROFILES, ROOT, fuzz_examples
 
 NOW = 1_764_400_000_000
 BUTTON_TOPIC = "fire/site-a/button/btn-1/up"
@@ -178,21 +178,21 @@ def _profiles() -> Iterator[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("profile", "topic"), list(_profiles()))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=st.dictionaries(_fields, _json, max_size=6))
 def test_fuzz_json_objects(profile: str, topic: str, doc: dict[str, object]) -> None:
     _check(profile, topic, _encode(doc))
 
 
 @pytest.mark.parametrize(("profile", "topic"), list(_profiles()))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=fuzz_examples(100), deadline=None)
 @given(payload=st.binary(max_size=300))
 def test_fuzz_bytes(profile: str, topic: str, payload: bytes) -> None:
     _check(profile, topic, payload)
 
 
 @pytest.mark.parametrize(("profile", "topic"), list(_profiles()))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=fuzz_examples(60), deadline=None)
 @given(doc=_json, depth=st.integers(min_value=0, max_value=3000), dup=st.booleans())
 def test_fuzz_nesting_and_duplicates(profile: str, topic: str, doc: object, depth: int, dup: bool) -> None:
     body = _encode(doc)

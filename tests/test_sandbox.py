@@ -26,7 +26,7 @@ def test_time_limit_kills_the_worker_and_the_next_request_is_served() -> None:
         try:
             ok = await sb.dry_run(BUTTON, '{"event": "alarm", "ts": 1764400000}')
             assert ok["valid"] and ok["readings"][0]["value"] is True
-            with pytest.raises(SandboxLimit, match="longer than 0.3 s"):
+            with pytest.raises(SandboxLimit, match=r"longer than 0\.3 s"):
                 await sb.dry_run(_heavy(20_000), None)
             again = await sb.dry_run(BUTTON, None)
             assert again["valid"] and sb.counters["timeouts"] == 1

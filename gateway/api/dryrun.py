@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from gateway.errors import ConfigError, DecodeError
@@ -23,57 +22,20 @@ MAX_DEPTH = 32
 MAX_NODES = 50_000
 
 
-class _Limited(yaml.SafeLoader):
-    """A safe loader that refuses documents deeper than MAX_DEPTH or bigger than MAX_NODES while
-    composing them, before anything is built (aliases count once per use)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._nodes = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self._depth += 1
-        self._nodes += 1
-        if self._depth > MAX_DEPTH:
-            raise ConfigError(f"profile: (file): nested deeper than {MAX_DEPTH} levels")
-        if self._nodes > MAX_NODES:
-            raise ConfigError(f"profile: (file): more than {MAX_NODES} values")
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _load(text: str) -> Any:
-    loader = _Limited(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def dry_run(profile_yaml: str, sample: str | None) -> dict[str, Any]:
     """``{"valid", "profile", "version", "problems", "readings", "limit"}`` for a profile and an optional
     sample; ``limit`` is true when the profile went past a limit (nesting, size) and was not read."""
-    from gateway.profiles.loader import _check_registers, format_validation_error
+    from gateway.profiles.loader import _check_registers, format_validation_error, parse_yaml
     from gateway.profiles.models import Profile
     from gateway.rules.spec import validate_rules
 
     out: dict[str, Any] = {"valid": False, "profile": None, "version": None, "problems": [], "readings": [],
                            "limit": False}
     try:
-        data = _load(profile_yaml)
-    except ConfigError as exc:  # past a limit
-        out["problems"], out["limit"] = exc.problems, True
-        return out
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        out["problems"] = [f"profile: {where}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]
-        return out
-    except RecursionError:
-        out["problems"], out["limit"] = [f"profile: (file): nested deeper than {MAX_DEPTH} levels"], True
+        data = parse_yaml(profile_yaml, "profile", max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
+    except ConfigError as exc:
+        out["problems"] = exc.problems
+        out["limit"] = any("nested" in p or "more than" in p for p in exc.problems)  # past a limit: 422
         return out
     if not isinstance(data, dict):
         out["problems"] = ["profile: (top): expected a mapping"]

@@ -22,7 +22,7 @@ from gateway.rules.spec import validate_rules
 _M = TypeVar("_M", bound=BaseModel)
 
 __all__ = ["Catalog", "check_paths", "format_validation_error", "load_catalog", "load_inventory", "load_profile",
-           "load_profiles", "profile_json_schema"]
+           "load_profiles", "parse_yaml", "profile_json_schema"]
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -30,8 +30,10 @@ def _loc(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+        elif isinstance(part, str) and part.isidentifier():
+            out += ("." if out else "") + part
+        else:  # a key a person could not read in a dotted path (empty, spaces, colons): quote it
+            out += f"[{json.dumps(str(part), ensure_ascii=False)[:60]}]"
     return out or "(top)"
 
 
@@ -46,18 +48,57 @@ def format_validation_error(path: str, exc: ValidationError, prefix: Sequence[in
     return lines
 
 
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document deeper than ``max_depth`` or with more than
+    ``max_nodes`` values while it is composed, before anything is built (each alias use counts)."""
+
+    def __init__(self, stream: str, where: str, max_depth: int, max_nodes: int) -> None:
+        super().__init__(stream)
+        self._where, self._max_depth, self._max_nodes = where, max_depth, max_nodes
+        self._depth = self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        if self._depth > self._max_depth:
+            raise ConfigError(f"{self._where}: (file): nested deeper than {self._max_depth} levels")
+        if self._nodes > self._max_nodes:
+            raise ConfigError(f"{self._where}: (file): more than {self._max_nodes} values")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+#: Files (profiles, inventories of a whole district) may be big but never deep.
+FILE_MAX_DEPTH = 64
+FILE_MAX_NODES = 10_000_000
+
+
+def parse_yaml(text: str, where: str, *, max_depth: int = FILE_MAX_DEPTH, max_nodes: int = FILE_MAX_NODES) -> Any:
+    """Parse YAML text safely; any problem (syntax, nesting, size) is a ConfigError naming ``where``."""
+    loader: _LimitedLoader | None = None
+    try:
+        loader = _LimitedLoader(text, where, max_depth, max_nodes)  # its reader checks the characters
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark is not None else "(file)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: {line}: not valid YAML: {problem}") from exc
+    except RecursionError:
+        raise ConfigError(f"{where}: (file): nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: (file): cannot read: {exc.strerror or exc}") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: {where}: not valid YAML: {problem}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: (file): cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+    return parse_yaml(text, str(path))
 
 
 def _validate(model: type[_M], data: Any, path: Path) -> _M:
