@@ -40,8 +40,9 @@ over TCP, as a transparent serial-to-Ethernet converter) answers every request o
 value), past the unit's memory or into registers it lacks 02 (illegal data address), any other function
 01. By default requests are answered concurrently, each after its unit's ``slow`` delay, like a native
 Modbus TCP device. With ``--sequential`` (or ``sequential 1``) the server behaves like an RS-485
-converter: one request at a time in arrival order, across all connections; a slow unit delays every
-request behind it, and a unit that does not answer holds the line for ``--busy-timeout`` seconds (the
+converter: one request at a time in arrival order, across all connections; each request and answer
+takes its time on the serial line (10 bits per byte at ``--baud``), a slow unit delays every request
+behind it, and a unit that does not answer holds the line for ``--busy-timeout`` seconds (the
 converter's own response timeout).
 
 Scenarios (``--scenario NAME``, or ``--scenario-file FILE`` with ``steps: [{at: SECONDS, do: COMMAND}]``):
@@ -163,6 +164,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="sequential: seconds a unit that does not answer holds the line (the converter's timeout)",
     )
+    parser.add_argument(
+        "--baud", type=int, default=9600, help="sequential: speed of the simulated serial line (bits/s)"
+    )
     parser.add_argument("--write-inventory", type=Path, help="write an inventory YAML for these devices")
     parser.add_argument("--profiles-dir", type=Path, default=Path("device_profiles"))
 
@@ -176,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not 0 <= args.busy_timeout <= 60:
         print("pumproom: --busy-timeout must be 0..60 seconds", file=sys.stderr)
+        return 2
+    if not 300 <= args.baud <= 4_000_000:
+        print("pumproom: --baud must be 300..4000000", file=sys.stderr)
         return 2
     try:
         sim = PumpRoom(
@@ -810,10 +817,11 @@ def split_frames(buf: bytes, *, rtu: bool) -> tuple[list[_Request], bytes, bool]
 class ModbusServer:
     """The Modbus side of the simulator on asyncio streams: MBAP (tcp) or RTU+CRC framing."""
 
-    def __init__(self, sim: PumpRoom, *, rtu: bool, busy_timeout: float = 1.0) -> None:
+    def __init__(self, sim: PumpRoom, *, rtu: bool, busy_timeout: float = 1.0, baud: int = 9600) -> None:
         self.sim = sim
         self.rtu = rtu
         self.busy_timeout = busy_timeout
+        self.byte_s = 10 / baud  # start, 8 data and stop bit
         self._line: asyncio.Queue[tuple[asyncio.StreamWriter, _Request]] = asyncio.Queue(_LINE_QUEUE_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -873,6 +881,8 @@ class ModbusServer:
     async def _respond(self, writer: asyncio.StreamWriter, req: _Request, *, sequential: bool) -> None:
         sim = self.sim
         unit = sim.unit_for(req.unit)
+        if sequential:  # the request goes down the serial line (unit, PDU, CRC)
+            await asyncio.sleep((len(req.pdu) + 3) * self.byte_s)
         if unit is not None and unit.slow and "dead" not in unit.faults:
             await asyncio.sleep(unit.slow)
         if self.rtu and req.unit == 0:
@@ -882,6 +892,8 @@ class ModbusServer:
             if sequential:
                 await asyncio.sleep(self.busy_timeout)  # the converter waits for the unit, then gives up
             return
+        if sequential:  # and the answer comes back up
+            await asyncio.sleep((len(answer) + 3) * self.byte_s)
         if writer.is_closing():
             return
         if self.rtu:
@@ -972,7 +984,7 @@ def _inventory(sim: PumpRoom, port: int, framer: str) -> dict[str, Any]:
 
 
 async def _serve(sim: PumpRoom, args: argparse.Namespace, steps: list[tuple[float, str]]) -> None:
-    server = ModbusServer(sim, rtu=args.framer == "rtu", busy_timeout=args.busy_timeout)
+    server = ModbusServer(sim, rtu=args.framer == "rtu", busy_timeout=args.busy_timeout, baud=args.baud)
     port = await server.start(args.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import re
 import sys
@@ -119,6 +120,16 @@ class Collector:
                 out[r.metric] = r
         return out
 
+    async def polled_for(self, seconds: float, timeout: float) -> float:
+        """Wait until readings stamped ``seconds`` after now arrive; return now (epoch seconds)."""
+        start = time.time()
+        await self.until(
+            lambda: max((r.ts_ms for r in self.readings), default=0) / 1000 > start + seconds,
+            timeout,
+            f"{seconds} more seconds of polls",
+        )
+        return start
+
     async def until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -139,6 +150,8 @@ def _catalog(
     timeout: float | None = None,
     retries: int | None = None,
     keepalive: float | None = None,
+    sequential: bool | None = None,
+    late_answer: float | None = None,
     extra_profiles: dict[str, Profile] | None = None,
     only: set[str] | None = None,
 ) -> Catalog:
@@ -163,6 +176,10 @@ def _catalog(
             update["timeout_s"] = timeout
         if retries is not None:
             update["retries"] = retries
+        if sequential is not None:
+            update["sequential"] = sequential
+        if late_answer is not None:
+            update["late_answer_s"] = late_answer
         devices.append(d.model_copy(update={"modbus": d.modbus.model_copy(update=update)}))
     return Catalog(profiles=profiles, inventory=Inventory(sites=inventory.sites, devices=devices))
 
@@ -263,8 +280,9 @@ def test_dead_and_slow_devices_do_not_delay_live_ones(tmp_path: Path) -> None:
             await sim.command(*[f"dead {u}" for u in dead_units], *[f"slow {u} 1.5" for u in slow_units])
             inventory = load_inventory(sim.inventory)
             cabinets = {d.device_id for d in inventory.devices if d.profile == "fire-pump-cabinet"}
+            # a server that answers concurrently (the simulator's default), declared so
             catalog = _catalog(
-                inventory, poll=interval, timeout=0.25, retries=1, keepalive=0.01, only=cabinets
+                inventory, poll=interval, timeout=0.25, retries=1, keepalive=0.01, only=cabinets, sequential=False
             )
             collector = Collector()
             health = Health()
@@ -499,6 +517,7 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
                 poll=0.2,
                 timeout=0.3,
                 retries=0,
+                keepalive=1.0,  # unreadable points are re-checked every keepalive_s
                 extra_profiles={extra.profile: extra},
                 only={"cabinet-001", "cabinet-002", "cabinet-003", "cabinet-004", "ghost"},
             )
@@ -515,12 +534,16 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
                 5,
                 "first polls",
             )
-            # 1. illegal address: a dead letter for that read block, the device's other points are read
+            # 1. illegal address: one dead letter naming the point, one status change for the device,
+            # and the device's other points are read
             illegal = [d for d in collector.dead if d.device_id == "cabinet-001"]
             assert len(illegal) == 1, "one dead letter per address, not one per poll"
-            assert "illegal data address" in illegal[0].reason
+            assert "illegal data address" in illegal[0].reason and "not_there" in illegal[0].reason
             assert illegal[0].address == f"127.0.0.1:{sim.port}/unit1/holding:500"
-            assert all(s.status == "online" for s in collector.status if s.device_id == "cabinet-001")
+            assert [s.status for s in collector.status if s.device_id == "cabinet-001"] == [
+                "online",
+                "points_unreadable",
+            ]
             # 2. out of the physical range: a dead letter for that point only, with the raw words
             oor = [d for d in collector.dead if d.device_id == "cabinet-003"]
             assert "outside the physical range" in oor[0].reason and oor[0].payload == (3500).to_bytes(
@@ -558,6 +581,13 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
                 5,
                 "exception responses",
             )
+            await collector.until(
+                lambda: any(
+                    s.device_id == "cabinet-003" and s.status == "points_unreadable" for s in collector.status
+                ),
+                5,
+                "cabinet 3's points unreadable",
+            )
             # 5. the device recovers from each without anyone restarting anything
             await sim.command("short 2 0", "set 4 outlet_pressure 0.55", "clear 3")
             n = len(collector.readings)
@@ -571,6 +601,12 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
                 5,
                 "value back after the sentinel",
             )
+            await collector.until(
+                lambda: any(s.device_id == "cabinet-003" and s.status == "points_readable" for s in collector.status),
+                5,
+                "cabinet 3 readable again (re-checked)",
+            )
+            assert len(illegal) == len([d for d in collector.dead if d.device_id == "cabinet-001"])
             assert not task.done()
             assert {s.device_id for s in collector.status if s.status == "unreachable"} == {"ghost"}
             assert health.stage(f"modbus:127.0.0.1:{sim.port}").counters["dead_letters"] >= 3
@@ -619,6 +655,115 @@ def test_rtu_over_tcp_and_rtu_serial(tmp_path: Path) -> None:
                 collector.latest("serial-2")["pump1_mode"].value
                 == collector.latest("cabinet-002")["pump1_mode"].value
             )
+        finally:
+            await sim.stop()
+
+    _run(main())
+
+
+# ---------------------------------------------------------------------------- sequential links
+
+
+def _statuses(collector: Collector, device_id: str) -> list[str]:
+    return [s.status for s in collector.status if s.device_id == device_id]
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_slow_unit_on_a_sequential_link_never_makes_its_healthy_neighbour_unreachable(
+    tmp_path: Path, retries: int
+) -> None:
+    """The field case: an RS-485 converter, one unit answering after 2 s, timeout_s 1, default link settings.
+
+    (With ``sequential: false`` both variants fail: the healthy unit's request waits behind the slow
+    unit's and times out.)
+    """
+
+    async def main() -> None:
+        sim = await Sim(tmp_path, "--sequential", devices=2).start()
+        try:
+            await sim.command("slow 1 2")
+            inventory = load_inventory(sim.inventory)
+            catalog = _catalog(
+                inventory, poll=1.0, keepalive=0.01, retries=retries, only={"cabinet-001", "cabinet-002"}
+            )
+            collector = Collector()
+            health = Health()
+            source, task = await _source_task(catalog, collector, health)
+            await collector.until(
+                lambda: "unreachable" in _statuses(collector, "cabinet-001"), 10, "the slow unit unreachable"
+            )
+            t_unreachable = await collector.polled_for(5, 10)
+            await source.stop()
+            assert task.done()
+            assert _statuses(collector, "cabinet-002") == ["online"]
+            healthy = [r for r in collector.readings if r.device_id == "cabinet-002"]
+            assert healthy and all(r.quality is not Quality.MISSING for r in healthy)
+            polls = sorted({r.ts_ms for r in healthy})
+            assert len([t for t in polls if t / 1000 > t_unreachable]) >= 4, polls
+            gaps = [(b - a) / 1000 for a, b in itertools.pairwise(polls)]
+            assert max(gaps) <= 4.5, gaps  # delayed behind the slow unit at worst, never dropped
+            assert _statuses(collector, "cabinet-001") == ["unreachable"]
+            stage = health.stage(f"modbus:127.0.0.1:{sim.port}")
+            print(f"gaps {[round(g, 2) for g in gaps]}, counters {stage.counters}")
+        finally:
+            await sim.stop()
+
+    _run(main())
+
+
+def test_dead_and_slow_units_on_a_sequential_link_with_healthy_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A converter that holds the line 1 s for a dead unit and 1.5 s for a slow one; our late-answer
+    window (0.5 s) is shorter, so the link is often *possibly busy*: healthy units that miss a poll
+    then are excused, never unreachable, and the dead and slow ones are isolated and probed."""
+    interval = 2.0
+    healthy_ids = {"cabinet-001", "cabinet-003", "cabinet-005"}
+
+    async def main() -> None:
+        sim = await Sim(tmp_path, "--sequential", "--busy-timeout", "1.0", devices=5).start()
+        try:
+            await sim.command("dead 2", "slow 4 1.5")
+            inventory = load_inventory(sim.inventory)
+            catalog = _catalog(
+                inventory,
+                poll=interval,
+                timeout=0.3,
+                retries=0,
+                keepalive=0.01,
+                late_answer=0.5,
+                only={f"cabinet-{u:03d}" for u in range(1, 6)},
+            )
+            collector = Collector()
+            health = Health()
+            source, task = await _source_task(catalog, collector, health)
+            bad = {"cabinet-002", "cabinet-004"}
+            await collector.until(
+                lambda: {s.device_id for s in collector.status if s.status == "unreachable"} >= bad,
+                10,
+                "the dead and the slow unit unreachable",
+            )
+            stage = health.stage(f"modbus:127.0.0.1:{sim.port}")
+            t_bad = await collector.polled_for(7, 15)
+            await source.stop()
+            assert task.done()
+            for device_id in healthy_ids:
+                assert "unreachable" not in _statuses(collector, device_id), device_id
+                readings = [r for r in collector.readings if r.device_id == device_id]
+                assert all(r.quality is not Quality.MISSING for r in readings), device_id
+                polls = sorted({r.ts_ms for r in readings if r.ts_ms / 1000 > t_bad})
+                assert len(polls) >= 3, (device_id, polls)
+                gaps = [(b - a) / 1000 for a, b in itertools.pairwise(polls)]
+                assert max(gaps) <= 2 * interval + 1.5, (device_id, gaps)
+            assert {s.device_id for s in collector.status if s.status == "unreachable"} == bad
+            assert not [r for r in collector.readings if r.device_id in bad and r.quality is not Quality.MISSING
+                        and r.ts_ms / 1000 > t_bad]
+            assert stage.counters.get("late_windows_passed", 0) > 0, stage.counters
+            # pymodbus' complaints about late answers are DEBUG at most; ours: one line per state change
+            assert not [r for r in caplog.records if r.name.startswith("pymodbus") and r.levelno > logging.DEBUG]
+            ours = [r for r in caplog.records if r.name == "gateway.sources.modbus" and r.levelno >= logging.WARNING]
+            assert len(ours) == len([s for s in collector.status if s.status == "unreachable"]), ours
+            print(f"counters {stage.counters}")
         finally:
             await sim.stop()
 

@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gateway.store.sqlite import Store
 from simulators.broker import free_port
 from tests.support import ROOT, GatewayProc, wait_for
 
@@ -26,12 +27,18 @@ def _cli(gw: GatewayProc, *args: str) -> Any:
 
 
 @contextmanager
-def pumproom(tmp: Path, scenario: str, tweak: Callable[[dict[str, Any]], None]) -> Iterator[tuple[Any, Path]]:
+def pumproom(tmp: Path, scenario: str, tweak: Callable[[dict[str, Any]], None], *extra: str,
+             steps: Sequence[str] = ()) -> Iterator[tuple[Any, Path]]:
+    """The simulator with 2 cabinets (plus ``extra`` arguments, and ``steps`` run at once), its inventory
+    written and passed through ``tweak``."""
     port = free_port()
     inv = tmp / "inventory.yaml"
+    if steps:
+        (tmp / "steps.yaml").write_text(yaml.safe_dump({"steps": [{"at": 0, "do": c} for c in steps]}))
+        extra = (*extra, "--scenario-file", str(tmp / "steps.yaml"))
     log = (tmp / "pumproom.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "simulators", "pumproom", "--port", str(port), "--devices", "2",
-                             "--scenario", scenario, "--write-inventory", str(inv)], cwd=ROOT, stdout=log,
+                             "--scenario", scenario, "--write-inventory", str(inv), *extra], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "listening" in (tmp / "pumproom.log").read_text(), 20, "pump room simulator")
@@ -125,5 +132,68 @@ def test_dropped_link_gives_one_hazard_for_the_link_not_one_per_device(tmp_path:
             assert _open(gw, "offline") == []
             st = _cli(gw, "stats")
             assert st["devices_unreachable"] >= 4  # two cabinets, the tank and the panel behind the link
+        finally:
+            gw.stop()
+
+
+def _device_status(gw: GatewayProc) -> dict[str, str]:
+    if not gw.db.exists():
+        return {}
+    with Store(gw.db, readonly=True) as st:
+        return {d["device_id"]: d["status"] for d in st.devices()}
+
+
+def test_slow_unit_behind_a_sequential_server_never_makes_its_neighbour_unreachable(tmp_path: Path) -> None:
+    """The acceptance case: an RS-485 converter (one request at a time), cabinet 1 answering after 2 s,
+    every binding left at its defaults (timeout_s 1, retries 1, sequential, late_answer_s 2)."""
+    with pumproom(tmp_path, "normal", lambda d: None, "--sequential", steps=["slow 1 2"]) as (_, inv):
+        gw = _gateway(tmp_path, inv)
+        try:
+            wait_for(lambda: _device_status(gw).get("cabinet-001") == "unreachable", 30, "the slow unit unreachable")
+            healthy = ("cabinet-002", "tank-1", "panel-1")
+            n = {d: len(_cli(gw, "readings", d)) for d in healthy}
+            # polls go on: the healthy cabinet's keepalive is 60 s, so wait for a value that changes
+            wait_for(lambda: len(_cli(gw, "readings", "cabinet-002", "--metric", "outlet_pressure"))
+                     > n["cabinet-002"] // 40 + 3, 20, "more pressure readings of the healthy cabinet")
+            status = _device_status(gw)
+            assert status["cabinet-001"] == "unreachable"
+            assert all(status[d] == "online" for d in healthy), status
+            for d in healthy:
+                readings = _cli(gw, "readings", d)
+                assert readings and all(r["quality"] != "missing" for r in readings), d
+            log = gw.log()
+            unreachable = [line for line in log.splitlines() if "unreachable" in line]
+            assert len(unreachable) == 1 and "cabinet-001" in unreachable[0], unreachable
+            assert "pymodbus" not in log
+            offline = [h["device_id"] for h in _cli(gw, "hazards") if h["rule"] == "offline"]
+            assert set(offline) <= {"cabinet-001"}, offline
+        finally:
+            gw.stop()
+
+
+def test_registers_a_device_lacks_split_the_read_and_give_one_hazard(tmp_path: Path) -> None:
+    """Cabinet 1 lacks holding 7..9 (a gap inside the coalesced read 0..13): the read is split, every
+    point keeps flowing, no hazard. Cabinet 2 lacks holding 2..4 (the three pump modes): the rest flows,
+    one ``points_unreadable`` hazard for the device."""
+    with pumproom(tmp_path, "normal", lambda d: None, steps=["lack 1 holding 7 9", "lack 2 holding 2 4"]) as (_, inv):
+        gw = _gateway(tmp_path, inv)
+        try:
+            hz = wait_for(lambda: [h for h in _cli(gw, "hazards", "--open") if h["rule"] == "points_unreadable"],
+                          30, "the unreadable points hazard")
+            assert [h["device_id"] for h in hz] == ["cabinet-002"]
+            assert hz[0]["title_zh"] and hz[0]["title_en"]
+            modes = {"pump1_mode", "pump2_mode", "jockey_mode"}
+            for device, lacking in (("cabinet-001", set()), ("cabinet-002", modes)):
+                metrics = {r["metric"] for r in _cli(gw, "readings", device)}
+                for m in ("pump1_run", "main_power", "duty_pump", "start_delay", "pressure_switch", "outlet_pressure"):
+                    assert m in metrics, (device, m)
+                assert not metrics & lacking, device
+            assert "pump1_mode" in {r["metric"] for r in _cli(gw, "readings", "cabinet-001")}
+            dead = [d for d in _cli(gw, "dead-letters") if d["device_id"] == "cabinet-002"]
+            assert len(dead) == 3 and all("illegal data address" in d["reason"] for d in dead), dead
+            assert not [d for d in _cli(gw, "dead-letters") if d["device_id"] == "cabinet-001"]
+            st = _cli(gw, "stats")
+            assert st["devices_unreachable"] == 0
+            assert len([h for h in _cli(gw, "hazards", "--open") if h["rule"] == "points_unreadable"]) == 1
         finally:
             gw.stop()

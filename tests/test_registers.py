@@ -13,13 +13,17 @@ from gateway.errors import ConfigError, DecodeError
 from gateway.models import Quality, Value
 from gateway.normalize.registers import (
     Decoded,
+    DeviceReads,
+    ReadPass,
     RegisterPoint,
     compile_device,
     compile_points,
     decode_block,
     decode_point,
     encode_point,
+    join_blocks,
     plan_reads,
+    split_block,
     words_to_bytes,
     write_point,
 )
@@ -72,7 +76,7 @@ _TYPES: list[tuple[str, str, float | int, str]] = [
     ("uint32", "I", 3_123_456_789, "int"),
     ("float32", "f", 12.5, "float"),
     ("int64", "q", -1_234_567_890_123_456, "int"),
-    ("uint64", "Q", 18_000_000_000_000_000_000, "int"),
+    ("uint64", "Q", 9_000_000_000_000_000_000, "int"),
     ("float64", "d", -1234.5678125, "float"),
 ]
 _ORDERS = [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")]
@@ -339,6 +343,12 @@ def test_one_bad_point_does_not_spoil_the_block() -> None:
     assert isinstance(r2, DecodeError) and "bad" in str(r2)
 
 
+def test_uint64_beyond_64_bit_signed_is_a_decode_error() -> None:
+    rp = _rp({"address": 0, "type": "uint64"}, vtype="int")
+    with pytest.raises(DecodeError, match="outside 64 bits"):
+        decode_point(rp, [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF])
+
+
 def test_words_to_bytes() -> None:
     assert words_to_bytes([0x021A, 0xFFFF]) == b"\x02\x1a\xff\xff"
 
@@ -381,3 +391,102 @@ def test_shipped_profiles_round_trip_through_their_own_map(name: str) -> None:
                 assert math.isfinite(want)
             else:
                 assert got.value == want, rp.name
+
+
+# ---------------------------------------------------------------------------- registers a device lacks
+
+
+def _cabinet_reads(recheck_s: float = 60.0) -> DeviceReads:
+    prof = load_profile(PROFILES / "fire-pump-cabinet.yaml")
+    return DeviceReads(compile_device("c", prof, ModbusDeviceBinding(host="127.0.0.1")), recheck_s=recheck_s)
+
+
+def _drive(reads: DeviceReads, now: float, *, lacks: dict[str, set[int]] | None = None,
+           codes: dict[str, int] | None = None) -> tuple[ReadPass, bool]:
+    """One pass against a device that lacks ``lacks`` (exception 02) and answers ``codes`` per table."""
+    rp = reads.start(now)
+    while (b := rp.next()) is not None:
+        code = (codes or {}).get(b.table)
+        if code is None and (lacks or {}).get(b.table, set()) & set(range(b.address, b.address + b.count)):
+            code = 2
+        if code is None:
+            rp.ok(b, [0] * b.count)
+        else:
+            rp.refused(b, code, f"exception {code}")
+    return rp, rp.finish()
+
+
+def _spans(reads: DeviceReads, table: str) -> list[tuple[int, int]]:
+    return [(b.address, b.count) for b in reads.blocks if b.table == table]
+
+
+def test_a_gap_the_device_lacks_splits_the_read_and_loses_no_point() -> None:
+    reads = _cabinet_reads()
+    assert _spans(reads, "holding") == [(0, 14)]
+    rp, changed = _drive(reads, 0.0, lacks={"holding": {7, 8, 9}})
+    assert not changed and not reads.unreadable and not rp.found
+    assert _spans(reads, "holding") == [(0, 7), (10, 4)]  # touching parts joined again
+    assert sum(len(b.points) for b, _ in rp.answered) == len(reads.plan.points)
+    rp, changed = _drive(reads, 1.0, lacks={"holding": {7, 8, 9}})
+    assert rp.sent == len(reads.blocks) == 4 and not changed  # no request the device refuses
+
+
+def test_points_the_device_lacks_become_unreadable_and_the_rest_is_read() -> None:
+    reads = _cabinet_reads(recheck_s=10.0)
+    lacks = {"holding": {2, 3, 4}}
+    rp, changed = _drive(reads, 0.0, lacks=lacks)
+    assert changed and sorted(reads.unreadable) == ["jockey_mode", "pump1_mode", "pump2_mode"]
+    assert sorted(u.point.name for u in rp.found) == sorted(reads.unreadable)
+    assert all(u.reason == "exception 2" for u in reads.unreadable.values())
+    assert _spans(reads, "holding") == [(0, 2), (5, 9)]
+    answered = {p.name for b, _ in rp.answered for p in b.points}
+    assert answered == {p.name for p in reads.plan.points} - set(reads.unreadable)
+    # the next passes read the rest only, until the re-check is due
+    rp, changed = _drive(reads, 5.0, lacks=lacks)
+    assert rp.sent == len(reads.blocks) and not changed and not rp.found
+    rp, changed = _drive(reads, 10.0, lacks=lacks)
+    assert rp.sent > len(reads.blocks) and not changed and not rp.found and not rp.recovered
+    # the device serves them again: found at the next re-check, reads joined back into one
+    rp, changed = _drive(reads, 20.0)
+    assert changed and not reads.unreadable and len(rp.recovered) == 3
+    assert _spans(reads, "holding") == [(0, 14)]
+
+
+def test_illegal_function_makes_the_read_unreadable_without_splitting() -> None:
+    reads = _cabinet_reads()
+    rp, changed = _drive(reads, 0.0, codes={"input": 1})
+    assert changed and rp.sent == 3
+    assert {u.point.table for u in reads.unreadable.values()} == {"input"}
+    assert len(reads.unreadable) == len([p for p in reads.plan.points if p.table == "input"])
+
+
+def test_a_busy_device_keeps_its_reads_and_gives_a_dead_letter() -> None:
+    reads = _cabinet_reads()
+    before = reads.blocks
+    rp, changed = _drive(reads, 0.0, codes={"holding": 6})
+    assert not changed and not reads.unreadable and reads.blocks == before
+    assert [(b.table, r) for b, r in rp.refused_reads] == [("holding", "exception 6")]
+
+
+def test_splitting_keeps_the_bits_of_one_word_together_and_is_bounded() -> None:
+    reads = _cabinet_reads()
+    holding = reads.blocks[0]
+    word0 = [p for p in holding.points if p.address == 0]
+    assert len(word0) == 8
+    assert split_block(plan_reads(word0)[0]) is None
+    halves = split_block(holding)
+    assert halves is not None
+    assert {p.name for p in halves[0].points} | {p.name for p in halves[1].points} == {p.name for p in holding.points}
+    assert all(p.address < halves[1].address for p in halves[0].points)
+    every = {"holding": set(range(14))}
+    rp, _ = _drive(reads, 0.0, lacks=every)
+    starts = len({p.address for p in holding.points})
+    assert rp.sent <= 2 * starts - 1 + 2  # a full bisection, plus the input and discrete reads
+    assert len(reads.unreadable) == len(holding.points)
+
+
+def test_join_blocks_merges_touching_reads_within_the_limit() -> None:
+    pts = _regs(*[("holding", a, "uint16") for a in range(6)])
+    parts = [plan_reads(pts[0:2])[0], plan_reads(pts[2:4])[0], plan_reads(pts[5:6])[0]]
+    assert [(b.address, b.count) for b in join_blocks(parts)] == [(0, 4), (5, 1)]
+    assert [(b.address, b.count) for b in join_blocks(parts, max_registers=3)] == [(0, 2), (2, 2), (5, 1)]

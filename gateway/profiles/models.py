@@ -279,27 +279,59 @@ class Site(_Model):
 
 
 class ModbusDeviceBinding(_Model):
-    """How to reach one Modbus device."""
+    """How to reach one Modbus device (device_profiles/README.md, "Modbus bindings", has an example
+    of every field).
 
-    framer: Literal["tcp", "rtu_over_tcp", "rtu"] = "tcp"
-    host: str | None = None
-    port: int = Field(default=502, ge=1, le=65535)
-    serial_port: str | None = None
-    baudrate: int = 9600
-    unit: int = Field(default=1, ge=0, le=247)
+    A *link* is one connection: a TCP ``host:port`` or a serial port. Devices on one link share its
+    settings (``framer``, the serial line, ``sequential``, ``late_answer_s``); a setting left out on one
+    device takes the value another device of the link gives, and two different values are an error.
+    """
+
+    framer: Literal["tcp", "rtu_over_tcp", "rtu"] = Field(
+        default="tcp", description="tcp: Modbus TCP (MBAP); rtu_over_tcp: RTU frames through a transparent "
+                                   "serial-to-Ethernet converter; rtu: a local serial port")
+    host: str | None = Field(default=None, description="tcp, rtu_over_tcp: the device's or converter's address")
+    port: int = Field(default=502, ge=1, le=65535, description="tcp, rtu_over_tcp: TCP port")
+    serial_port: str | None = Field(default=None, description="rtu: /dev/ttyUSB0, COM3 or a pyserial URL")
+    baudrate: int | None = Field(default=None, gt=0, le=4_000_000, description="rtu: bits per second (default 9600)")
+    parity: Literal["N", "E", "O"] | None = Field(
+        default=None, description="rtu: N none, E even, O odd (default N)")
+    stopbits: Literal[1, 2] | None = Field(default=None, description="rtu: stop bits (default 1)")
+    bytesize: Literal[7, 8] | None = Field(default=None, description="rtu: data bits (default 8; Modbus RTU uses 8)")
+    unit: int = Field(default=1, ge=0, le=255, description="unit (slave) id: 1..247 on RTU; over tcp also 0 "
+                                                           "and 255, which single-unit TCP devices often use")
     address_base: Literal[0, 1] = Field(default=0, description="1 when the device documents addresses from 1")
     poll_interval_s: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=1.0, gt=0)
     retries: int = Field(default=1, ge=0, le=5)
     max_registers_per_read: int | None = Field(default=None, ge=1, le=125)
     max_gap: int | None = Field(default=None, ge=0, le=124)
+    sequential: bool | None = Field(
+        default=None, description="the link answers one request at a time, in order, as RS-485 converters do "
+                                  "(default true; false only for framer tcp servers that answer concurrently)")
+    late_answer_s: float | None = Field(
+        default=None, gt=0, le=60, description="sequential links: after a timeout the server may still be busy "
+                                               "with that request this long; the next request waits for its late "
+                                               "answer or this window (default 2 s)")
 
     @model_validator(mode="after")
     def _check(self) -> ModbusDeviceBinding:
-        if self.framer in ("tcp", "rtu_over_tcp") and not self.host:
-            raise ValueError(f"framer {self.framer} needs host")
+        serial = [f for f in ("baudrate", "parity", "stopbits", "bytesize") if getattr(self, f) is not None]
+        if self.framer in ("tcp", "rtu_over_tcp"):
+            if not self.host:
+                raise ValueError(f"framer {self.framer} needs host")
+            if serial:
+                raise ValueError(f"{', '.join(serial)}: serial line settings apply to framer rtu; behind a "
+                                 "serial-to-Ethernet converter they are set on the converter")
         if self.framer == "rtu" and not self.serial_port:
             raise ValueError("framer rtu needs serial_port")
+        if self.framer != "tcp":
+            if not 1 <= self.unit <= 247:
+                raise ValueError(f"unit {self.unit}: an RTU unit id is 1..247 (0 is a broadcast nobody answers, "
+                                 "248..255 are reserved)")
+            if self.sequential is False:
+                raise ValueError(f"sequential: false needs framer tcp; {self.framer} carries no transaction id, "
+                                 "so a link answers one request at a time")
         return self
 
 

@@ -21,9 +21,11 @@ time), so a tick costs O(due timers) and 100,000 devices cost one heap entry eac
 Reachability. A device is ``offline`` (rule ``offline``, one condition per device) while its no-data
 timer has expired or its source reported it unreachable. When a Modbus link is down (status changes
 that carry ``link``) the devices behind it give one ``link_down`` condition with ``device_id`` = the
-link name instead. While the gateway's own source (``on_source``) is down, one ``source_down``
-condition stands for it and the offline state of its devices is frozen; when it comes back their
-no-data timers restart from that moment.
+link name instead. A device that answers but refuses the registers of some points (status change
+``points_unreadable`` from the Modbus source) gives one ``points_unreadable`` condition, whatever the
+number of points, until ``points_readable``. While the gateway's own source (``on_source``) is down,
+one ``source_down`` condition stands for it and the offline state of its devices is frozen; when it
+comes back their no-data timers restart from that moment.
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ class _Meta:
 
 def _meta(rule_id: str, klass: str, severity: str, title: Title, hard: bool, auto_close: bool) -> _Meta:
     return _Meta(rule_id, klass, severity, title.zh, title.en, hard, auto_close)
+
+
+#: One condition per device whose points the source cannot read (the device refuses their registers).
+_POINTS_UNREADABLE = _meta("points_unreadable", "fault", "minor",
+                           Title(zh="设备部分测点无法读取（设备不提供其寄存器）",
+                                 en="Some points of the device cannot be read (the device refuses their registers)"),
+                           False, False)
 
 
 def _truthy(v: Value | None) -> bool:
@@ -821,7 +830,9 @@ class RuleEngine:
 
         A change that names its ``link`` means the whole link is down: one ``link_down`` condition
         (device_id = the link) replaces the per-device ``offline`` ones; one device coming back online
-        ends it. A change without ``link`` is about that device alone.
+        ends it. A change without ``link`` is about that device alone. ``points_unreadable`` and
+        ``points_readable`` raise and end the device's ``points_unreadable`` condition (reachability
+        is untouched: the device answered).
         """
         self._start(now_ms)
         out: list[Effect] = []
@@ -830,6 +841,10 @@ class RuleEngine:
             dev = self._devs.get(ch.device_id)
             if dev is None:
                 self.counters["unknown_device"] += 1
+                continue
+            if ch.status in ("points_unreadable", "points_readable"):
+                self._cond(dev, _POINTS_UNREADABLE, ch.status == "points_unreadable", ch.at_ms, None,
+                           [{"reason": ch.reason}], out)
                 continue
             touched.add(dev.device_id)
             if ch.status == "unreachable":
@@ -955,6 +970,8 @@ class RuleEngine:
     def _meta_for_key(self, dev: _Dev, rule_id: str) -> _Meta | None:
         if rule_id == dev.offline_meta.rule:
             return dev.offline_meta
+        if rule_id == _POINTS_UNREADABLE.rule:
+            return _POINTS_UNREADABLE
         for p in dev.points.values():
             for e in p.evals:
                 meta = getattr(e, "meta", None)

@@ -16,12 +16,16 @@ from gateway.models import DeadLetter, RawMessage, Reading
 
 __all__ = ["CommitFn", "DeviceStatusChange", "PollBatch", "PushSource", "RawSink"]
 
-DeviceStatus = Literal["online", "unreachable"]
+DeviceStatus = Literal["online", "unreachable", "points_unreadable", "points_readable"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceStatusChange:
-    """A device (or a whole link) changed reachability. ``link`` names the connection (host:port)."""
+    """A device (or a whole link) changed reachability. ``link`` names the connection (host:port).
+
+    ``points_unreadable`` / ``points_readable``: the device answers but refuses the registers of some
+    points (``reason`` names them) / serves them all again; reachability is not changed by these.
+    """
 
     device_id: str
     status: DeviceStatus

@@ -187,7 +187,10 @@ class Store:
                 [(dev, site, ms, ms) for dev, (site, ms) in seen.items()])
 
     def set_status(self, changes: Iterable[DeviceStatusChange], sites: dict[str, str]) -> None:
+        """Reachability (online / unreachable); point readability goes to the rules only (a hazard)."""
         for ch in changes:
+            if ch.status not in ("online", "unreachable"):
+                continue
             self.conn.execute(
                 "INSERT INTO devices (device_id, site_id, first_seen, last_seen, status, status_since, "
                 "status_reason, link) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET "
