@@ -290,6 +290,8 @@ def test_mosquitto_keeps_messages_and_requires_authentication() -> None:
     assert auth_dir and {c["password_file"] for c in listeners.values() if "password_file" in c} == \
         {auth_dir[1] + "/passwd"}
     assert not (MOSQ / "passwd").exists(), "a password file in the repository: it is built at start now"
+    for key in SERVICES["mosquitto"].get("environment", {}):  # every variable given is one the entrypoint reads
+        assert "${" + key in text, f"mosquitto: {key} is not read by entrypoint.sh"
 
 
 def test_mosquitto_bounds_message_size() -> None:
