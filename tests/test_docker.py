@@ -298,8 +298,11 @@ def test_mosquitto_bounds_message_size() -> None:
     limit = int(dict(_mosquitto_conf())["message_size_limit"])
     largest = max(p.mqtt.max_payload_bytes for p in load_catalog(PROFILES, None).profiles.values() if p.mqtt)
     oversized = len(_malformed(build_devices(1)[0], random.Random(1), "oversized")[1])
-    # room for every shipped profile and for the fleet's own oversize case (which the gateway dead-letters)
+    # room for every shipped profile and for the fleet's own oversize case (which the gateway dead-letters),
+    # and no band the broker drops unseen below the gateway's own bound (where it makes a dead letter)
+    gateway_bound = GatewaySettings().pipeline.max_payload_bytes
     assert largest * 16 <= limit and oversized < limit <= 1_048_576, (largest, oversized, limit)
+    assert gateway_bound <= limit, (gateway_bound, limit)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -870,8 +873,13 @@ def _check_acl(broker: DockerMosquitto, devices: dict[str, tuple[str, str]], pas
 
 
 def test_test_broker_bounds_payloads_far_above_what_profiles_accept() -> None:
-    cap = next(m.le for m in MqttProfile.model_fields["max_payload_bytes"].metadata if hasattr(m, "le"))
+    def upper(field: Any) -> int:
+        return int(next(m.le for m in field.metadata if hasattr(m, "le")))
+
+    cap = upper(MqttProfile.model_fields["max_payload_bytes"])
     assert cap * 16 <= MESSAGE_SIZE_LIMIT < 268_435_455  # an oversize payload is the gateway's to dead-letter
+    # whatever bound the gateway is given (pipeline.max_payload_bytes), a test can send past it
+    assert upper(type(GatewaySettings().pipeline).model_fields["max_payload_bytes"]) <= MESSAGE_SIZE_LIMIT
     assert f"message_size_limit {MESSAGE_SIZE_LIMIT}" in Mosquitto(Path("/nonexistent")).config_text()
 
 
