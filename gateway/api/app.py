@@ -171,8 +171,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     if s.api.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=s.api.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    def admit(path: str, auth: str | None) -> str | None:
+        if path in ("/api/v1/profiles/validate", "/api/v1/profiles/activate"):
+            who = tokens.lookup(auth)
+            return sandbox.refusal(who.name if who is not None else "")
+        return None
+
     app.add_middleware(Guard, authenticated=lambda auth: tokens.lookup(auth) is not None,
-                       max_body=s.api.max_body_bytes, failures=failures)
+                       max_body=s.api.max_body_bytes, failures=failures, admit=admit)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -446,9 +452,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                  "title_en": p.title.en, "transport": p.transport, "points": len(p.points),
                  "rules": len(p.rules), "devices": used.get(name, 0)} for name, p in sorted(cat.profiles.items())]
 
-    async def _dry_run(body: ProfileIn) -> dict[str, Any]:
+    async def _dry_run(body: ProfileIn, who: Caller) -> dict[str, Any]:
         try:
-            out = await sandbox.dry_run(body.profile_yaml, body.sample)
+            out = await sandbox.dry_run(body.profile_yaml, body.sample, who=who.name)
         except SandboxBusy as exc:
             raise HTTPException(429, f"dry runs are busy: {exc}", headers={"Retry-After": "2"}) from exc
         except SandboxLimit as exc:
@@ -458,15 +464,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return out
 
     @app.post("/api/v1/profiles/validate", tags=["profiles"])
-    async def validate(body: ProfileIn, _: Viewer) -> dict[str, Any]:
+    async def validate(body: ProfileIn, who: Viewer) -> dict[str, Any]:
         """Dry run in a sandbox process (limits on size, nesting, time and memory)."""
-        out = await _dry_run(body)
+        out = await _dry_run(body, who)
         return {"valid": out["valid"], "profile": out["profile"], "problems": out["problems"],
                 "readings": out["readings"]}
 
     @app.post("/api/v1/profiles/activate", tags=["profiles"])
     async def activate(body: ProfileIn, who: Admin) -> dict[str, Any]:
-        out = await _dry_run(body)
+        out = await _dry_run(body, who)
         if not out["valid"] or out["profile"] is None:
             raise HTTPException(422, {"valid": False, "problems": out["problems"]})
         if ctx.admin is None:

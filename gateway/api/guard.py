@@ -8,8 +8,9 @@ bounded share. This module holds the pieces that work below FastAPI:
   has not sent a whole request head within ``header_timeout_s`` is closed (slow or idle clients);
   uvicorn's own keep-alive timeout closes idle connections between requests.
 - :class:`Guard` (ASGI middleware, outermost): security headers on every response; for a request
-  with a body, the token is checked **before** the body is read (401, nothing read), and the body is
-  read with a limit that holds for chunked bodies too (413 as soon as it is passed).
+  with a body, the token is checked **before** the body is read (401, nothing read), an expensive
+  route that is saturated answers 429 before the body is read too, and the body is read with a
+  limit that holds for chunked bodies (413 as soon as it is passed).
 - :class:`AuthFailures`: failed authentications are logged, at most one line a minute.
 """
 
@@ -83,11 +84,12 @@ class Guard:
     """
 
     def __init__(self, app: ASGIApp, *, authenticated: Callable[[str | None], bool], max_body: int,
-                 failures: AuthFailures) -> None:
+                 failures: AuthFailures, admit: Callable[[str, str | None], str | None] | None = None) -> None:
         self.app = app
         self.authenticated = authenticated
         self.max_body = max_body
         self.failures = failures
+        self.admit = admit  # (path, authorization) -> why to refuse now (429), before the body is read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,6 +114,11 @@ class Guard:
             await _respond(send, 401, "a valid bearer token is required",
                            [(b"www-authenticate", b"Bearer")])
             return
+        if self.admit is not None:
+            busy = self.admit(str(scope.get("path", "")), auth.decode("latin-1") if auth is not None else None)
+            if busy is not None:
+                await _respond(send, 429, busy, [(b"retry-after", b"2")])
+                return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _respond(send, 413, f"body over {self.max_body} bytes")

@@ -6,7 +6,8 @@ hold the GIL that the committer needs: six viewers pasting 200 KB of nested YAML
 alarm-to-webhook latency from 0.06 s to 23 s. Here it runs in one lower-priority worker process
 with limits on time, memory and queue, so the committer's throughput and alarm latency do not move:
 
-- one request at a time; at most ``max_waiting`` more wait, beyond that :class:`SandboxBusy` (429);
+- one request at a time; at most ``max_waiting`` more wait, and one per caller; beyond that
+  :class:`SandboxBusy` (429), which the API answers before it reads the request's body;
 - ``timeout_s`` per request: past it the worker is killed and :class:`SandboxLimit` (422) names it;
 - ``memory_mb`` of address space: a worker that runs out is restarted and the request is refused.
 
@@ -81,24 +82,39 @@ class Sandbox:
         self.max_waiting = max_waiting
         self.memory_mb = memory_mb
         self._waiting = 0
+        self._callers: set[str] = set()
         self._lock: asyncio.Lock | None = None
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._plock = threading.Lock()
         self.counters = {"runs": 0, "timeouts": 0, "busy": 0, "restarts": 0}
 
-    async def dry_run(self, profile_yaml: str, sample: str | None) -> dict[str, Any]:
+    def refusal(self, who: str) -> str | None:
+        """Why a new dry run from ``who`` would be refused right now (cheap: asked before the request
+        body is even read), or None. One dry run in flight per caller, ``max_waiting`` in all."""
         if self._waiting >= self.max_waiting:
             self.counters["busy"] += 1
-            raise SandboxBusy(f"{self._waiting} dry runs are waiting; try again shortly")
+            return f"{self._waiting} dry runs are waiting; try again shortly"
+        if who in self._callers:
+            self.counters["busy"] += 1
+            return "your previous dry run is still running"
+        return None
+
+    async def dry_run(self, profile_yaml: str, sample: str | None, *, who: str = "") -> dict[str, Any]:
+        busy = self.refusal(who)
+        if busy is not None:
+            raise SandboxBusy(busy)
         if self._lock is None:
             self._lock = asyncio.Lock()
         self._waiting += 1
+        if who:
+            self._callers.add(who)
         try:
             async with self._lock:
                 return await asyncio.to_thread(self._call, profile_yaml, sample)
         finally:
             self._waiting -= 1
+            self._callers.discard(who)
 
     def _start(self) -> Connection:
         ctx = multiprocessing.get_context("spawn")
