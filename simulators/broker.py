@@ -147,6 +147,40 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): it writes nothing on the way down, so a :meth:`start` afterwards
+        (same port, same persistence folder) restores what its last save wrote: every
+        ``autosave_interval`` seconds, at a clean stop, or on :meth:`save`. Messages it acknowledged
+        after that save are lost by Mosquitto itself."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def save(self, timeout: float = 10.0) -> None:
+        """Make the broker write its persistence file now (SIGUSR1) and return once it has: Mosquitto
+        writes ``mosquitto.db.new`` and renames it over ``mosquitto.db``, so a new inode means done."""
+        assert self.proc is not None and self.proc.poll() is None, "the broker is not running"
+        db = self.workdir / "data" / "mosquitto.db"
+
+        def inode() -> int | None:
+            try:
+                return db.stat().st_ino
+            except FileNotFoundError:
+                return None
+
+        before = inode()
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while inode() in (before, None):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not write {db} within {timeout}s of SIGUSR1")
+            time.sleep(0.02)
+
     def __enter__(self) -> Mosquitto:
         return self.start()
 
