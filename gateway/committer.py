@@ -324,7 +324,12 @@ class Committer:
                 item.future.set_exception(exc)
             return
         self._stage.count("poison_messages")
-        reason = f"could not be processed: {type(exc).__name__}: {exc}"[:500]
+        try:  # name what the message carried: the field a person looks at first
+            metrics = sorted({r.metric for r in self.normalizer.normalize(item).readings})
+        except Exception:
+            metrics = []
+        where = f" (points {', '.join(metrics)})" if metrics else ""
+        reason = f"could not be processed{where}: {type(exc).__name__}: {exc}"[:500]
         dead = DeadLetter(item.source, item.address, item.payload, reason, item.received_at_ms,
                           size=item.truncated_from or None)
         digest = hashlib.blake2b(item.address.encode() + b"\0" + item.payload, digest_size=16).digest()

@@ -51,10 +51,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A simulator process; secrets go in ``env``, never in its arguments (visible to every user)."""
     with log.open("ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "simulators", *args], cwd=ROOT, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def _wait_line(path: Path, text: str, timeout: float) -> bool:
@@ -75,6 +83,7 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    os.chmod(workdir, 0o755)  # traversable: the private broker runs as the mosquitto user below it
     from gateway.logs import setup_logging
 
     setup_logging(logging.WARNING, filename=str(workdir / "gateway.log"))
@@ -97,15 +106,16 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
                        encoding="utf-8")
         db = workdir / "firegw.db"
         tokens = {role: secrets.token_urlsafe(18) for role in ("viewer", "operator", "admin")}
-        config = workdir / "gateway.yaml"
-        config.write_text(yaml.safe_dump({"api": {"tokens": [
-            {"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]}}), encoding="utf-8")
+        config = workdir / "gateway.yaml"  # holds the demo's tokens: its owner only
+        _write_private(config, yaml.safe_dump({"api": {"tokens": [
+            {"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]}}))
+        _write_private(workdir / "tokens.txt", "".join(f"{role} {tok}\n" for role, tok in tokens.items()))
         api_port = 8080 if _port_free(8080) else free_port()
         hook_port = free_port()
         hook_secret = secrets.token_urlsafe(18)
-        procs.append(_spawn(["workflow", "--listen", f"127.0.0.1:{hook_port}", "--secret", hook_secret,
-                             "--scenario", workflow, "--api", f"http://127.0.0.1:{api_port}",
-                             "--token", tokens["operator"]], workdir / "workflow.log"))
+        procs.append(_spawn(["workflow", "--listen", f"127.0.0.1:{hook_port}", "--scenario", workflow,
+                             "--api", f"http://127.0.0.1:{api_port}"], workdir / "workflow.log",
+                            env={"FIREGW_WEBHOOK__SECRET": hook_secret, "FIREGW_WORKFLOW_TOKEN": tokens["operator"]}))
         _wait_line(workdir / "workflow.log", "listening", 20)
         settings = load_settings(config, env={**os.environ, "FIREGW_MQTT__URL": broker.url,
                                             "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",

@@ -40,6 +40,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import os
 import queue
 import re
 import signal
@@ -518,10 +519,13 @@ class Receiver:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8090", help="host:port on loopback (port 0: any free port)")
-    parser.add_argument("--secret", required=True, help="the webhook secret (FIREGW_WEBHOOK__SECRET)")
+    parser.add_argument("--secret", default=None,
+                        help="the webhook secret; prefer the environment (FIREGW_WEBHOOK__SECRET): a process's "
+                             "arguments are visible to every user of the machine")
     parser.add_argument("--scenario", choices=SCENARIOS, default="record")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="the gateway API, for ack-resolve")
-    parser.add_argument("--token", help="operator bearer token for the gateway API")
+    parser.add_argument("--token", default=None,
+                        help="operator bearer token for the gateway API; prefer FIREGW_WORKFLOW_TOKEN")
     parser.add_argument("--down-after", type=int, help="go away after this many accepted events")
     parser.add_argument("--down-for", type=float, default=5.0, help="seconds to stay away")
     parser.add_argument("--sleep", type=float, default=30.0, help="timeout scenario: seconds before answering")
@@ -534,8 +538,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"workflow: --listen expects host:port, got {args.listen!r}", file=sys.stderr)
         return 2
     try:
-        receiver = Receiver(secret=args.secret, host=host.strip("[]"), port=int(port), scenario=args.scenario,
-                            api=args.api, token=args.token, down_after=args.down_after, down_for=args.down_for,
+        secret = args.secret or os.environ.get("FIREGW_WEBHOOK__SECRET")
+        if not secret:
+            print("workflow: the webhook secret is required: FIREGW_WEBHOOK__SECRET or --secret", file=sys.stderr)
+            return 2
+        token = args.token or os.environ.get("FIREGW_WORKFLOW_TOKEN")
+        receiver = Receiver(secret=secret, host=host.strip("[]"), port=int(port), scenario=args.scenario,
+                            api=args.api, token=token, down_after=args.down_after, down_for=args.down_for,
                             sleep_s=args.sleep, quiet=not args.verbose)
         receiver.start()
     except (ValueError, OSError) as exc:
