@@ -40,7 +40,7 @@ def test_demo_runs_the_whole_system_and_keeps_its_secrets(tmp_path: Path) -> Non
             tokens.append(m.group(2))
         if "t=" in line and tokens:  # everything is running: look at every process's arguments once
             secret = (work / "gateway.yaml").read_text()
-            leaked = [c[:200] for c in _cmdlines() for t in tokens if t in c] if not leaked else leaked
+            leaked = leaked or [c[:200] for c in _cmdlines() for t in tokens if t in c]
             assert all(t in secret for t in tokens)
         assert time.monotonic() < deadline, "".join(lines)
     assert proc.wait(60) == 0, "".join(lines)
