@@ -907,3 +907,14 @@ def test_test_broker_refuses_a_message_over_its_bound_and_goes_on(tmp_path: Path
         assert sub.got("t/old") == [b"ok"]
         assert broker.proc is not None and broker.proc.poll() is None
         wait_for(lambda: pub.publish("t/after", b"1") == 0, 5, "the broker still accepting")
+
+
+def test_build_context_excludes_secrets_and_keeps_what_the_image_copies() -> None:
+    ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")]
+    for secret in ("docker/.env", "docker/api-tokens.txt", "docker/mosquitto/users.passwd", ".git", ".venv"):
+        assert secret in ignored, secret
+    copied = re.findall(r"^COPY (.+) \S+$", (ROOT / "docker" / "Dockerfile").read_text(), re.M)
+    for src in " ".join(copied).split():
+        assert not any(src == ig or src.startswith(ig.rstrip("/") + "/") for ig in ignored), src
+        assert (ROOT / src).exists(), src
