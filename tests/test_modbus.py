@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.framer.rtu import FramerRTU
 
+from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.models import DeadLetter, Quality, Reading, Value
 from gateway.profiles.loader import Catalog, load_catalog, load_inventory
@@ -766,5 +768,189 @@ def test_dead_and_slow_units_on_a_sequential_link_with_healthy_ones(
             print(f"counters {stage.counters}")
         finally:
             await sim.stop()
+
+    _run(main())
+
+
+def test_a_dead_sequential_link_is_still_reported(tmp_path: Path) -> None:
+    """Excusing timeouts on a possibly busy link is bounded: when every unit stops answering (the
+    converter is up, its RS-485 side is not), every unit is reported unreachable."""
+
+    async def main() -> None:
+        sim = await Sim(tmp_path, "--sequential", "--busy-timeout", "0.5", devices=3).start()
+        try:
+            inventory = load_inventory(sim.inventory)
+            ids = {f"cabinet-{u:03d}" for u in (1, 2, 3)}
+            catalog = _catalog(inventory, poll=0.5, timeout=0.2, retries=0, late_answer=0.2, only=ids)
+            collector = Collector()
+            source, task = await _source_task(catalog, collector)
+            await collector.until(lambda: {s.device_id for s in collector.status} == ids, 5, "all online")
+            await sim.command("dead 1", "dead 2", "dead 3")
+            await collector.until(
+                lambda: {s.device_id for s in collector.status if s.status == "unreachable"} == ids,
+                10,
+                "every unit unreachable",
+            )
+            await source.stop()
+            assert task.done()
+        finally:
+            await sim.stop()
+
+    _run(main())
+
+
+# ---------------------------------------------------------------------------- the simulator on the wire
+
+
+def _mbap(tid: int, unit: int, pdu: bytes) -> bytes:
+    return tid.to_bytes(2, "big") + b"\x00\x00" + (len(pdu) + 1).to_bytes(2, "big") + bytes((unit,)) + pdu
+
+
+def _read_pdu(fc: int, address: int, count: int) -> bytes:
+    return bytes((fc,)) + address.to_bytes(2, "big") + count.to_bytes(2, "big")
+
+
+async def _mbap_answers(reader: asyncio.StreamReader, n: int) -> list[tuple[int, int, bytes]]:
+    """``n`` MBAP frames as (transaction id, unit, PDU), in arrival order."""
+    out = []
+    for _ in range(n):
+        head = await asyncio.wait_for(reader.readexactly(7), 5)
+        body = await asyncio.wait_for(reader.readexactly(int.from_bytes(head[4:6], "big") - 1), 5)
+        out.append((int.from_bytes(head[0:2], "big"), head[6], body))
+    return out
+
+
+_BAD_REQUESTS = [  # (PDU, expected answer)
+    (_read_pdu(3, 0, 126), b"\x83\x03"),  # more than 125 registers: illegal data value
+    (_read_pdu(4, 0, 0), b"\x84\x03"),  # no register at all
+    (_read_pdu(1, 0, 2001), b"\x81\x03"),  # more than 2000 bits
+    (_read_pdu(2, 0, 0), b"\x82\x03"),
+    (_read_pdu(3, 60000, 10), b"\x83\x02"),  # past the unit's memory: illegal data address
+    (b"\x06\x00\x00\x00\x01", b"\x86\x01"),  # a write: illegal function
+    (b"\x03\x00\x00", b"\x83\x03"),  # a read PDU of the wrong length
+]
+
+
+def test_simulator_answers_every_request_of_a_segment_with_the_right_exception(tmp_path: Path) -> None:
+    async def main() -> None:
+        sim = await Sim(tmp_path, devices=1).start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+            requests = [_read_pdu(3, 0, 2), _read_pdu(2, 0, 3)] + [pdu for pdu, _ in _BAD_REQUESTS]
+            writer.write(b"".join(_mbap(tid, 1, pdu) for tid, pdu in enumerate(requests, 1)))  # one segment
+            await writer.drain()
+            answers = {tid: (unit, pdu) for tid, unit, pdu in await _mbap_answers(reader, len(requests))}
+            assert sorted(answers) == list(range(1, len(requests) + 1))
+            assert all(unit == 1 for unit, _ in answers.values())
+            assert answers[1][1][:2] == b"\x03\x04"  # two registers
+            assert answers[2][1] == b"\x02\x01\x00"  # three bits, all clear
+            for tid, (_, want) in enumerate(_BAD_REQUESTS, 3):
+                assert answers[tid][1] == want, (tid, answers[tid], want)
+            writer.close()
+        finally:
+            await sim.stop()
+
+    _run(main())
+
+
+def _crc(frame: bytes) -> bytes:
+    """The RTU CRC as pymodbus computes it (an implementation independent of the simulator's)."""
+    return FramerRTU.compute_CRC(frame).to_bytes(2, "big")
+
+
+def test_simulator_rtu_framing_answers_every_request_of_a_segment(tmp_path: Path) -> None:
+    async def main() -> None:
+        sim = await Sim(tmp_path, "--framer", "rtu", devices=2).start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+            frames = [bytes((unit,)) + pdu for unit, pdu in ((1, _read_pdu(3, 0, 1)), (2, _read_pdu(3, 0, 126)),
+                                                              (1, _read_pdu(4, 0, 0)), (2, _read_pdu(2, 0, 3)))]
+            writer.write(b"".join(f + _crc(f) for f in frames))
+            await writer.drain()
+            got = []
+            for _ in frames:
+                head = await asyncio.wait_for(reader.readexactly(3), 5)
+                n = 2 if head[1] & 0x80 else head[2] + 2
+                rest = await asyncio.wait_for(reader.readexactly(n), 5)
+                frame = head + rest
+                assert _crc(frame[:-2]) == frame[-2:]
+                got.append(frame[:-2])
+            registers = [f for f in got if f.startswith(b"\x01\x03\x02")]
+            assert len(registers) == 1 and len(registers[0]) == 5
+            assert sorted(got) == sorted([registers[0], b"\x02\x83\x03", b"\x01\x84\x03", b"\x02\x02\x01\x00"])
+            writer.close()
+        finally:
+            await sim.stop()
+
+    _run(main())
+
+
+def test_simulator_sequential_mode_answers_in_arrival_order(tmp_path: Path) -> None:
+    """A slow unit delays the request behind it in sequential mode, and not otherwise."""
+
+    async def main() -> None:
+        sim = await Sim(tmp_path, devices=2).start()
+        try:
+            await sim.command("slow 1 0.5")
+            for sequential in (False, True):
+                await sim.command(f"sequential {int(sequential)}")
+                reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+                t0 = time.monotonic()
+                writer.write(_mbap(1, 1, _read_pdu(3, 0, 1)) + _mbap(2, 2, _read_pdu(3, 0, 1)))
+                await writer.drain()
+                order = []
+                for _ in range(2):
+                    (tid, _, _), = await _mbap_answers(reader, 1)
+                    order.append((tid, time.monotonic() - t0))
+                writer.close()
+                if sequential:
+                    assert [t for t, _ in order] == [1, 2] and order[1][1] >= 0.5, order
+                else:
+                    assert [t for t, _ in order] == [2, 1] and order[0][1] < 0.4, order
+        finally:
+            await sim.stop()
+
+    _run(main())
+
+
+def test_unit_255_over_tcp_and_serial_line_settings(tmp_path: Path) -> None:
+    """Unit 255 (a single-unit TCP device's usual id) is polled over TCP; the serial client takes
+    parity, stop bits and data bits (pyserial's socket:// URL ignores them, as a real port would not)."""
+
+    async def main() -> None:
+        sim = await Sim(tmp_path, devices=1).start()
+        try:
+            await sim.command("alias 255 1")
+            inventory = load_inventory(sim.inventory)
+            cab = next(d for d in inventory.devices if d.device_id == "cabinet-001")
+            assert cab.modbus is not None
+            single = cab.model_copy(
+                update={"device_id": "single", "modbus": cab.modbus.model_copy(update={"unit": 255})}
+            )
+            serial = Device.model_validate(
+                {
+                    "device_id": "serial-1",
+                    "site_id": cab.site_id,
+                    "profile": cab.profile,
+                    "modbus": {"framer": "rtu", "serial_port": f"socket://127.0.0.1:{sim.port}", "unit": 1,
+                               "baudrate": 19200, "parity": "E", "stopbits": 1, "bytesize": 8},
+                }
+            )
+            catalog = _catalog(Inventory(sites=inventory.sites, devices=[single]), poll=0.2)
+            collector = Collector()
+            source, task = await _source_task(catalog, collector)
+            await collector.until(lambda: len(collector.latest("single")) > 5, 5, "readings of unit 255")
+            await source.stop()
+            assert task.done() and not collector.dead
+        finally:
+            await sim.stop()
+        # the serial line settings reach the link (and one link has one setting)
+        assert serial.modbus is not None
+        other = serial.model_copy(
+            update={"device_id": "serial-2", "modbus": serial.modbus.model_copy(update={"unit": 2, "parity": "N"})}
+        )
+        with pytest.raises(ConfigError, match="parity"):
+            ModbusSource(catalog=_catalog(Inventory(sites=inventory.sites, devices=[serial, other])),
+                         commit=Collector().commit, health=Health())
 
     _run(main())

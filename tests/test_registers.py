@@ -315,6 +315,33 @@ def test_read_planning(
     assert sum(len(b.points) for b in blocks) == len(specs)
 
 
+@pytest.mark.parametrize(
+    ("binding", "problem"),
+    [
+        ({"host": "h", "unit": 255}, None),  # a single-unit Modbus TCP device
+        ({"host": "h", "unit": 0}, None),
+        ({"host": "h", "sequential": False, "late_answer_s": 0.5}, None),
+        ({"framer": "rtu", "serial_port": "/dev/ttyUSB0", "unit": 247, "baudrate": 19200, "parity": "E",
+          "stopbits": 2, "bytesize": 7}, None),
+        ({"framer": "rtu_over_tcp", "host": "h", "unit": 255}, "an RTU unit id is 1..247"),
+        ({"framer": "rtu", "serial_port": "/dev/ttyUSB0", "unit": 0}, "broadcast"),
+        ({"framer": "rtu_over_tcp", "host": "h", "sequential": False}, "sequential: false needs framer tcp"),
+        ({"host": "h", "parity": "E"}, "serial line settings apply to framer rtu"),
+        ({"framer": "rtu_over_tcp", "host": "h", "baudrate": 9600}, "set on the converter"),
+        ({"framer": "rtu", "serial_port": "/dev/ttyUSB0", "parity": "X"}, "parity"),
+        ({"framer": "rtu", "serial_port": "/dev/ttyUSB0", "stopbits": 3}, "stopbits"),
+        ({"host": "h", "unit": 256}, "unit"),
+        ({"host": "h", "late_answer_s": 0}, "late_answer_s"),
+    ],
+)
+def test_binding_fields(binding: dict[str, Any], problem: str | None) -> None:
+    if problem is None:
+        ModbusDeviceBinding.model_validate(binding)
+    else:
+        with pytest.raises(ValueError, match=problem):
+            ModbusDeviceBinding.model_validate(binding)
+
+
 def test_plan_honours_binding_overrides() -> None:
     prof = _profile(*[_point({"address": a, "type": "uint16"}, name=f"p{a}") for a in (1, 5, 20)])
     wide = compile_device("d", prof, ModbusDeviceBinding(host="127.0.0.1", max_gap=20))

@@ -707,27 +707,40 @@ class _Link:
         failure: _Answer | None = None
         while (block := rp.next()) is not None:
             ans = await self._read_block(st, block, attempts)
-            if ans.outcome == "ok":
-                rp.ok(block, ans.data)
-                if st.dead_at:
-                    st.dead_at.pop((block.table, block.address, block.count), None)
-            elif ans.outcome == "link":
+            if ans.outcome == "link":
                 # the connection went away mid-poll: retry this slot's device after reconnecting
                 logger.debug("%s: %s while polling %s", self.spec.name, ans.reason, st.device_id)
                 self.close()
                 self._push(self._healthy if st.online is not False else self._probing, st)
                 return
-            elif ans.outcome == "timeout":
+            if ans.outcome == "timeout":
                 failure = ans
                 break
-            elif ans.outcome == "exception":
-                rp.refused(block, ans.code, ans.reason)
-            else:
-                rp.failed(block)
-                self._dead_letter(dead, st, block, block.address, ans.data, ans.reason, loop.time(), whole=True)
+            self._take(st, rp, block, ans, dead, loop.time())
         now = loop.time()
-        now_ms = self._clock()
         batch = PollBatch(dead=dead)
+        self._conclude(st, rp, failure, batch, self._clock(), now)
+        _check_cancelled()
+        await self._queue.put((batch, [st]))
+
+    def _take(
+        self, st: _DeviceState, rp: ReadPass, block: ReadBlock, ans: _Answer, dead: list[DeadLetter], now: float
+    ) -> None:
+        """One answer of a poll: data, a Modbus exception or a response that does not fit the read."""
+        if ans.outcome == "ok":
+            rp.ok(block, ans.data)
+            if st.dead_at:
+                st.dead_at.pop((block.table, block.address, block.count), None)
+        elif ans.outcome == "exception":
+            rp.refused(block, ans.code, ans.reason)
+        else:
+            rp.failed(block)
+            self._dead_letter(dead, st, block, block.address, ans.data, ans.reason, now, whole=True)
+
+    def _conclude(
+        self, st: _DeviceState, rp: ReadPass, failure: _Answer | None, batch: PollBatch, now_ms: int, now: float
+    ) -> None:
+        """A poll is over: the device answered (readings), missed it on a busy link, or failed."""
         if failure is None:
             st.excused = 0
             self._device_answered(st, rp.answered, batch, now_ms, now)
@@ -742,8 +755,6 @@ class _Link:
             self._push(self._healthy, st)
         else:
             self._device_failed(st, failure.reason, batch, now_ms, now)
-        _check_cancelled()
-        await self._queue.put((batch, [st]))
 
     def _learned(self, st: _DeviceState, rp: ReadPass, batch: PollBatch, now_ms: int, now: float) -> None:
         """Keep what a completed poll taught about the device's map: dead letters, logs, status."""
