@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.errors import ConfigError, DecodeError
+from gateway.health import Health
 from gateway.models import Quality, Value
 from gateway.normalize.registers import (
     Decoded,
@@ -27,8 +30,10 @@ from gateway.normalize.registers import (
     words_to_bytes,
     write_point,
 )
-from gateway.profiles.loader import load_profile
-from gateway.profiles.models import ModbusDeviceBinding, Point, Profile
+from gateway.profiles.loader import Catalog, load_catalog, load_profile
+from gateway.profiles.models import Device, Inventory, ModbusDeviceBinding, Point, Profile, Site
+from gateway.sources.base import PollBatch
+from gateway.sources.modbus import ModbusSource
 
 PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
 MODBUS_PROFILES = ["fire-pump-cabinet", "fire-water-tank-modbus", "fire-panel-summary"]
@@ -517,3 +522,25 @@ def test_join_blocks_merges_touching_reads_within_the_limit() -> None:
     parts = [plan_reads(pts[0:2])[0], plan_reads(pts[2:4])[0], plan_reads(pts[5:6])[0]]
     assert [(b.address, b.count) for b in join_blocks(parts)] == [(0, 4), (5, 1)]
     assert [(b.address, b.count) for b in join_blocks(parts, max_registers=3)] == [(0, 2), (2, 2), (5, 1)]
+
+
+def test_readme_binding_example_is_valid_and_shows_every_field() -> None:
+    """device_profiles/README.md documents every binding field with an example that loads."""
+    text = (PROFILES / "README.md").read_text(encoding="utf-8")
+    part = text.split("### Modbus bindings", 1)[1]
+    block = re.search(r"```yaml\n(.*?)\n```", part, re.S)
+    assert block is not None
+    raw = yaml.safe_load(block.group(1))["devices"]
+    shown = {k for d in raw for k in d["modbus"]}
+    assert shown == set(ModbusDeviceBinding.model_fields), set(ModbusDeviceBinding.model_fields) - shown
+    site = Site.model_validate({"site_id": "pumproom", "name": "p", "town": "t", "grid_cell": "g",
+                                "domain": "industrial", "station": {"station_id": "m", "name": "m"}})
+    devices = [Device.model_validate(d) for d in raw]
+    catalog = Catalog(profiles=load_catalog(PROFILES, None).profiles,
+                      inventory=Inventory(sites=[site], devices=devices))
+
+    async def commit(batch: PollBatch) -> None:
+        pass
+
+    source = ModbusSource(catalog=catalog, commit=commit, health=Health())
+    assert sorted(source.links) == ["/dev/ttyUSB0", "192.168.10.20:502", "192.168.10.30:502"]
