@@ -11,6 +11,13 @@ the readings' ``ts_ms``. To see every poll, the profile's keepalive is set below
 every poll emits all 43 points (the worst case for the gateway; report by exception emits far less).
 
     .venv/bin/python bench/bench_modbus.py --sims 5 --per-sim 200 --interval 1.0 --duration 20
+
+With ``--sequential`` the simulators behave as RS-485 converters (one request at a time in arrival
+order, each taking its time on a ``--baud`` serial line) and ``--slow K`` makes units 1..K of each
+simulator answer after ``--slow-s`` seconds: the healthy units' jitter, how many of them were ever
+reported unreachable (must be 0) and how many of their readings were written as missing (must be 0).
+
+    .venv/bin/python bench/bench_modbus.py --sims 2 --per-sim 10 --sequential --baud 115200 --slow 1 --duration 30
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 from pymodbus.client import AsyncModbusTcpClient
 
 from gateway.health import Health
+from gateway.models import Quality
 from gateway.profiles.loader import Catalog, load_catalog, load_inventory
 from gateway.profiles.models import Device, Inventory, Site
 from gateway.sources.base import PollBatch
@@ -38,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE = "fire-pump-cabinet"
 
 
-async def _start_sim(n: int, inventory: Path) -> tuple[asyncio.subprocess.Process, int]:
+async def _start_sim(n: int, inventory: Path, args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, int]:
+    extra = ["--sequential", "--baud", str(args.baud)] if args.sequential else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -52,15 +61,24 @@ async def _start_sim(n: int, inventory: Path) -> tuple[asyncio.subprocess.Proces
         "1.0",
         "--write-inventory",
         str(inventory),
+        "--control",
+        "0",
+        *extra,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+).*control on 127\.0\.0\.1:(\d+)", line)
     if not m:
         raise SystemExit(f"simulator did not start: {line!r}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(m[2]))
+    for unit in range(1, args.slow + 1):
+        writer.write(f"slow {unit} {args.slow_s}\n".encode())
+        await writer.drain()
+        await reader.readline()
+    writer.close()
     return proc, int(m[1])
 
 
@@ -72,16 +90,23 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _gateway_phase(
-    catalog: Catalog, interval: float, duration: float, warmup: float
+    catalog: Catalog, interval: float, duration: float, warmup: float, slow_ids: set[str]
 ) -> dict[str, float]:
     polls: dict[str, list[int]] = {}
     batches = 0
+    unreachable: set[str] = set()
+    missing = 0
 
     async def commit(batch: PollBatch) -> None:
-        nonlocal batches
+        nonlocal batches, missing
         batches += 1
         seen: set[str] = set()
+        unreachable.update(s.device_id for s in batch.status if s.status == "unreachable")
         for r in batch.readings:
+            if r.device_id in slow_ids:
+                continue
+            if r.quality is Quality.MISSING:
+                missing += 1
             if r.device_id not in seen:
                 seen.add(r.device_id)
                 polls.setdefault(r.device_id, []).append(r.ts_ms)
@@ -101,9 +126,12 @@ async def _gateway_phase(
         window = [t for t in ts if lo <= t < hi]
         completed += len(window)
         jitter += [abs((b - a) / 1000 - interval) for a, b in itertools.pairwise(window)]
-    devices = len(catalog.inventory.devices)
+    devices = len(catalog.inventory.devices) - len(slow_ids)
     return {
         "devices": devices,
+        "healthy_unreachable": len(unreachable - slow_ids),
+        "slow_unreachable": len(unreachable & slow_ids),
+        "healthy_missing": missing,
         "polled_per_s": completed / duration,
         "expected_per_s": devices / interval,
         "jitter_p50_ms": _percentile(jitter, 0.50) * 1000,
@@ -149,7 +177,7 @@ async def main(args: argparse.Namespace) -> None:
         ports: list[int] = []
         for i in range(args.sims):
             inv_path = tmp / f"inv{i}.yaml"
-            proc, port = await _start_sim(args.per_sim, inv_path)
+            proc, port = await _start_sim(args.per_sim, inv_path, args)
             procs.append(proc)
             ports.append(port)
             inv = load_inventory(inv_path)
@@ -161,7 +189,7 @@ async def main(args: argparse.Namespace) -> None:
                             update={
                                 "device_id": f"s{i}-{d.device_id}",
                                 "modbus": d.modbus.model_copy(
-                                    update={"poll_interval_s": args.interval, "timeout_s": 2.0}
+                                    update={"poll_interval_s": args.interval, "timeout_s": args.timeout}
                                 ),
                             }
                         )
@@ -174,14 +202,23 @@ async def main(args: argparse.Namespace) -> None:
             update={"modbus": prof.modbus.model_copy(update={"keepalive_s": args.interval / 2})}
         )
         catalog = Catalog(profiles=profiles, inventory=Inventory(sites=sites, devices=devices))
-        gw = await _gateway_phase(catalog, args.interval, args.duration, args.warmup)
-        raw = await _raw_phase(ports, args.per_sim, args.raw_duration)
+        slow_ids = {
+            f"s{i}-cabinet-{u:03d}" for i in range(args.sims) for u in range(1, args.slow + 1)
+        }
+        gw = await _gateway_phase(catalog, args.interval, args.duration, args.warmup, slow_ids)
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         print(f"command: {' '.join(sys.argv)}")
         print(
             f"devices {gw['devices']} ({args.sims} simulators × {args.per_sim}), "
             f"interval {args.interval:g} s, 43 points / 3 reads per device"
+            + (f"; sequential links at {args.baud} baud" if args.sequential else "")
         )
+        if slow_ids:
+            print(
+                f"slow units: {len(slow_ids)} answering after {args.slow_s:g} s (timeout_s {args.timeout:g}), "
+                f"{gw['slow_unreachable']} reported unreachable; healthy units reported unreachable: "
+                f"{gw['healthy_unreachable']}, healthy readings written as missing: {gw['healthy_missing']}"
+            )
         print(f"polled per second: {gw['polled_per_s']:.1f} (schedule asks {gw['expected_per_s']:.1f})")
         print(
             f"poll-interval jitter: p50 {gw['jitter_p50_ms']:.1f} ms, p99 {gw['jitter_p99_ms']:.1f} ms, "
@@ -191,10 +228,12 @@ async def main(args: argparse.Namespace) -> None:
             f"gateway Modbus requests/s: {gw['requests_per_s']:.0f}; "
             f"gateway process CPU {gw['cpu_s_per_s']:.2f} s/s"
         )
-        print(
-            f"raw pymodbus requests/s (same sockets, same run): {raw:.0f}; "
-            f"gateway/raw ratio {gw['requests_per_s'] / raw:.2f}"
-        )
+        if not slow_ids:  # a raw client would wait on the slow units
+            raw = await _raw_phase(ports, args.per_sim, args.raw_duration)
+            print(
+                f"raw pymodbus requests/s (same sockets, same run): {raw:.0f}; "
+                f"gateway/raw ratio {gw['requests_per_s'] / raw:.2f}"
+            )
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -212,4 +251,9 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--raw-duration", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=2.0, help="timeout_s of every device")
+    parser.add_argument("--sequential", action="store_true", help="simulators answer one request at a time")
+    parser.add_argument("--baud", type=int, default=115200, help="with --sequential: the serial line's speed")
+    parser.add_argument("--slow", type=int, default=0, help="units 1..K of each simulator answer late")
+    parser.add_argument("--slow-s", type=float, default=2.0, help="how late the slow units answer")
     asyncio.run(main(parser.parse_args()))
