@@ -167,7 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baud", type=int, default=9600, help="sequential: speed of the simulated serial line (bits/s)"
     )
-    parser.add_argument("--write-inventory", type=Path, help="write an inventory YAML for these devices")
+    parser.add_argument(
+        "--write-inventory",
+        type=Path,
+        help="write an inventory YAML for these devices (sequential: false on tcp unless --sequential)",
+    )
     parser.add_argument("--profiles-dir", type=Path, default=Path("device_profiles"))
 
 
@@ -943,9 +947,11 @@ async def _control_client(sim: PumpRoom, reader: asyncio.StreamReader, writer: a
 
 def _inventory(sim: PumpRoom, port: int, framer: str) -> dict[str, Any]:
     binding_framer = "tcp" if framer == "socket" else "rtu_over_tcp"
+    # the server answers concurrently unless --sequential: say so, as an operator would for such a device
+    link = {"sequential": False} if framer == "socket" and not sim.sequential else {}
 
     def bind(unit: int, **extra: Any) -> dict[str, Any]:
-        return {"framer": binding_framer, "host": "127.0.0.1", "port": port, "unit": unit, **extra}
+        return {"framer": binding_framer, "host": "127.0.0.1", "port": port, "unit": unit, **link, **extra}
 
     devices: list[dict[str, Any]] = [
         {
