@@ -195,6 +195,13 @@ def assert_alarms(rig: Rig) -> list[dict[str, Any]]:
     return events
 
 
+def kill_if_running(gw: GatewayProc) -> None:
+    """After a failure: SIGKILL (a clean stop is asserted on the way that passes, and a stop could
+    wait on the very fault the test made)."""
+    if gw.proc is not None and gw.proc.poll() is None:
+        gw.kill()
+
+
 def assert_stops_cleanly(gw: GatewayProc) -> None:
     assert gw.proc is not None and gw.proc.poll() is None, f"the gateway is not running:\n{gw.log()[-3000:]}"
     assert gw.stop() == 0, gw.log()[-3000:]
@@ -331,7 +338,7 @@ def test_gateway_sigkilled_20_times_under_load(tmp_path: Path, broker: Mosquitto
     finally:
         fleet.join()
         rig.close()
-        gw.stop()
+        kill_if_running(gw)
 
 
 # ---------------------------------------------------------------------------- 2. broker SIGKILL
@@ -388,7 +395,7 @@ def test_broker_sigkilled_mid_stream_restarts_from_its_persistence(tmp_path: Pat
         assert_stops_cleanly(gw)
     finally:
         rig.close()
-        gw.stop()
+        kill_if_running(gw)
 
 
 @pytest.mark.xfail(strict=True, reason="bug: gateway/committer.py counts a dead letter again when the broker "
@@ -417,4 +424,119 @@ def test_dead_letter_resent_by_a_restored_broker_counts_once(tmp_path: Path, bro
         assert_exact(rig)
     finally:
         rig.close()
-        gw.stop()
+        kill_if_running(gw)
+
+
+# ---------------------------------------------------------------------------- 3. disk full
+
+
+def test_disk_full_holds_everything_until_space_returns(tmp_path: Path, broker: Mosquitto) -> None:
+    """The store on a small tmpfs of its own, filled up by a filler file while the fleet publishes.
+
+    Twice: the first time the same process recovers once the filler is deleted (no restart); the
+    second time the gateway is killed (SIGKILL) while it cannot commit and started again on the full
+    disk, which proves it had acknowledged nothing it had not committed: the broker still had all of
+    it. Alarms published during each outage arrive once the space is back."""
+    with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=1g,mode=0700", "tmpfs") as disk:
+        rig = Rig(tmp_path, broker, 60, name="diskfull", store=disk / "firegw.db")
+        gw = rig.gw.start()
+        fleet = rig.fleet(rate=15, duration=20)
+        try:
+            wait_for(lambda: accounted(gw) > 1000, 30, "traffic committed")
+            rig.alarm()
+            # 1. the disk fills; the same process goes on once there is room again
+            filler = fill(disk)
+            problems = wait_failing(gw, {"committer"}, allowed={"committer", "store"})
+            assert any("store write failed, retrying" in p for p in problems), problems
+            assert metric(gw, 'firegw_stage_failing{stage="committer"}') == 1
+            rig.alarm()
+            time.sleep(1.5)  # on purpose: the fleet goes on publishing into the outage
+            filler.unlink()
+            wait_ready(gw)
+            assert gw.runs == 1 and gw.proc is not None and gw.proc.poll() is None
+            # 2. full again, and the gateway killed while it cannot commit, started on the full disk
+            filler = fill(disk)
+            wait_failing(gw, {"committer"}, allowed={"committer", "store"})
+            rig.alarm()
+            gw.kill()
+            gw.start()
+            wait_failing(gw, {"committer"}, allowed={"committer", "store", "source:mqtt"})
+            rig.alarm()
+            filler.unlink()
+            wait_ready(gw)
+            rig.ledger.add_fleet(fleet.result())
+            assert_exact(rig)
+            assert_alarms(rig)
+            assert_stops_cleanly(gw)
+        finally:
+            fleet.join()
+            rig.close()
+            kill_if_running(gw)
+
+
+# ---------------------------------------------------------------------------- 4. read-only store
+
+
+@contextlib.contextmanager
+def ext4(path: Path, size_mb: int = 1024) -> Iterator[Path]:
+    """A small ext4 file system of the test's own (an image on a loop device)."""
+    image = path.with_name(path.name + ".img")
+    with image.open("wb") as fh:
+        fh.truncate(size_mb << 20)
+    _run("mkfs.ext4", "-q", "-F", str(image))
+    try:
+        with mounted(path, "-o", "loop", str(image)) as mnt:
+            yield mnt
+    finally:
+        image.unlink()
+
+
+def test_read_only_store_holds_everything_until_writable(tmp_path: Path, broker: Mosquitto) -> None:
+    """The store's file, its WAL and its folder made read-only under the running gateway, then
+    writable again: the same assertions as a full disk.
+
+    ``mount -o remount,ro`` cannot do it: Linux refuses to remount a file system read-only while a
+    file on it is open for writing (EBUSY), and SQLite holds the store open read-write for the life
+    of the process. So the files are made immutable (``chattr +i``), which the kernel enforces for
+    root too and on descriptors already open: every write fails (EPERM, which SQLite reports as a
+    disk I/O error) and a new open for writing is refused. (tmpfs does not enforce it on open
+    descriptors, hence a small ext4 of the test's own.) The -shm file is left alone: it is SQLite's
+    shared-memory index, written through a memory mapping, not the store."""
+    with ext4(tmp_path / "fs") as fs:
+        folder = fs / "store"
+        folder.mkdir()
+        db = folder / "firegw.db"
+        rig = Rig(tmp_path, broker, 60, name="readonly", store=db)
+        gw = rig.gw.start()
+        fleet = rig.fleet(rate=15, duration=16)
+        store_files = [folder, db, db.with_name(db.name + "-wal")]
+        try:
+            wait_for(lambda: accounted(gw) > 1000, 30, "traffic committed")
+            rig.alarm()
+            # 1. read-only, then writable: the same process goes on
+            immutable(store_files, True)
+            problems = wait_failing(gw, {"committer"}, allowed={"committer", "store"})
+            assert any("store write failed, retrying" in p for p in problems), problems
+            rig.alarm()
+            time.sleep(1.5)  # on purpose: the fleet goes on publishing into the outage
+            immutable(store_files, False)
+            wait_ready(gw)
+            assert gw.runs == 1 and gw.proc is not None and gw.proc.poll() is None
+            # 2. read-only again, the gateway killed while it cannot commit, started once writable
+            immutable(store_files, True)
+            wait_failing(gw, {"committer"}, allowed={"committer", "store"})
+            rig.alarm()
+            gw.kill()
+            immutable(store_files, False)
+            gw.start()
+            wait_ready(gw)
+            rig.ledger.add_fleet(fleet.result())
+            assert_exact(rig)
+            assert_alarms(rig)
+            assert_stops_cleanly(gw)
+        finally:
+            with contextlib.suppress(AssertionError):
+                immutable(store_files, False)
+            fleet.join()
+            rig.close()
+            kill_if_running(gw)
