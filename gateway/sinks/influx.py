@@ -49,18 +49,33 @@ Errors (Telegraf's retryable / partial classification):
   dead-letters them) and every other line is written. InfluxDB 1.x writes the good points of a
   400 "partial write" already; re-sending them while bisecting is harmless (idempotent).
 
+**Who answered** (:meth:`InfluxSink.instance`): the database's identity, its start time as it
+reports it, so the forwarder can tell that it restarted (and may have lost what it acknowledged
+last: VictoriaMetrics keeps its newest points in memory for a second or so, InfluxDB's WAL may
+be synced late). Tried in this order, the first that answers is remembered:
+
+- ``GET /debug/vars``, ``"system": {"started": ...}`` (InfluxDB 1.x; first for ``api: v1``);
+- ``GET /ready``, ``{"started": ...}`` (InfluxDB 2.x; first for ``api: v2``);
+- ``GET /metrics``, ``process_start_time_seconds`` or ``vm_app_start_timestamp`` (VictoriaMetrics,
+  and InfluxDB 2.x again).
+
+An endpoint that is missing, refuses the credentials or reports no start time gives an
+:class:`Instance` without identity (the reason in ``detail``); an unreachable server raises
+:class:`~gateway.errors.SinkUnavailable`.
+
 VictoriaMetrics answers 204 even for lines it cannot parse or points outside its retention or more
 than about two days in the future: such points are dropped by the server without a word.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import gzip
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,7 +83,7 @@ from gateway.errors import ConfigError, SinkUnavailable
 from gateway.profiles.loader import Catalog
 from gateway.settings import InfluxSettings
 
-__all__ = ["QUALITY_CODES", "InfluxSink", "LineEncoder", "Rejected", "Row", "sql_line"]
+__all__ = ["QUALITY_CODES", "InfluxSink", "Instance", "LineEncoder", "Rejected", "Row", "sql_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +93,10 @@ QUALITY_OTHER = 9
 UNKNOWN_MEASUREMENT = "unknown_device"
 GZIP_LEVEL = 1  # level 1 is ~3x faster than the library's level 9 for ~25% more bytes on loopback/LAN
 MAX_ENCODER_CACHE = 200_000  # (device, metric, site) tag prefixes kept; cleared when exceeded
+PROBE_TIMEOUT_S = 5.0  # an identity probe waits at most this long (or influx.timeout_s when shorter)
+PROBE_MAX_BYTES = 4 * 1024 * 1024  # an identity endpoint's answer is read at most this far
+#: Prometheus metrics that carry the process start time (the first one present is the identity).
+START_METRICS = ("process_start_time_seconds", "vm_app_start_timestamp")
 
 #: A reading row as the forwarder reads it:
 #: (seq, device_id, metric, ts_ms, value, quality, received_at_ms, site_id, urgent).
@@ -192,6 +211,136 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """The running database as its own endpoint describes it.
+
+    ``identity`` changes when the database restarts (its start time, e.g.
+    ``GET /metrics process_start_time_seconds=1764400000``); None when no endpoint reports one,
+    with the reason in ``detail``.
+    """
+
+    identity: str | None
+    detail: str
+
+
+class _NotHere(Exception):
+    """This endpoint does not tell the start time (missing, refused, or no such field)."""
+
+
+class _Prober:
+    """Reads the database's start time over plain HTTP (``httpx``), whatever API the writes use."""
+
+    def __init__(self, s: InfluxSettings, name: str) -> None:
+        import httpx
+
+        self._name = name
+        headers = {"Authorization": f"Token {s.token}"} if s.token else {}
+        auth = (s.username, s.password or "") if s.username else None
+        self._client = httpx.Client(base_url=(s.url or "").rstrip("/"), headers=headers, auth=auth,
+                                    timeout=min(s.timeout_s, PROBE_TIMEOUT_S), verify=s.verify_tls)
+        methods = [self._debug_vars, self._ready, self._metrics]
+        if s.api == "v2":
+            methods = [self._ready, self._metrics, self._debug_vars]
+        self._methods = methods
+        self._known: int | None = None  # index of the method that answered last
+
+    def instance(self) -> Instance:
+        import httpx
+
+        order = list(range(len(self._methods)))
+        if self._known is not None:
+            order.remove(self._known)
+            order.insert(0, self._known)
+        tried: list[str] = []
+        for i in order:
+            try:
+                identity = self._methods[i]()
+            except _NotHere as exc:
+                tried.append(str(exc))
+                continue
+            except httpx.HTTPError as exc:
+                raise SinkUnavailable(f"identity probe: cannot reach the database: {type(exc).__name__}: {exc}",
+                                      sink=self._name) from exc
+            except OSError as exc:
+                raise SinkUnavailable(f"identity probe: cannot reach the database: {exc}", sink=self._name) from exc
+            except SinkUnavailable:
+                raise
+            except Exception as exc:  # an answer it cannot read: this endpoint does not tell, try the next
+                tried.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self._known = i
+            return Instance(identity, "")
+        self._known = None
+        return Instance(None, "; ".join(tried))
+
+    def _lines(self, path: str) -> Generator[str, None, None]:
+        """The answer's lines, read as they come (stop early by leaving the loop); _NotHere unless 200."""
+        with self._client.stream("GET", path) as resp:
+            if resp.status_code >= 500 or resp.status_code in (408, 429):
+                raise SinkUnavailable(f"identity probe: GET {path}: HTTP {resp.status_code}", sink=self._name)
+            if resp.status_code != 200:
+                raise _NotHere(f"GET {path}: HTTP {resp.status_code}")
+            seen = 0
+            for line in resp.iter_lines():
+                seen += len(line) + 1
+                if seen > PROBE_MAX_BYTES:
+                    raise _NotHere(f"GET {path}: no start time in its first {PROBE_MAX_BYTES} bytes")
+                yield line
+
+    def _debug_vars(self) -> str:
+        """InfluxDB 1.x: expvar JSON whose first member is ``"system": {"started": ...}`` on a line of its own."""
+        with contextlib.closing(self._lines("/debug/vars")) as lines:
+            for n, line in enumerate(lines):
+                text = line.strip().rstrip(",")
+                if text.startswith('"system":'):
+                    started = _json_field(text[len('"system":'):], "started")
+                    if started:
+                        return f"GET /debug/vars system.started={started}"
+                    break
+                if n > 3:  # expvar puts "system" first: this is not InfluxDB 1.x
+                    break
+        raise _NotHere("GET /debug/vars: no system.started")
+
+    def _ready(self) -> str:
+        """InfluxDB 2.x: ``{"status": "ready", "started": "...", "up": "..."}``."""
+        text = "".join(self._lines("/ready"))
+        started = _json_field(text, "started")
+        if not started:
+            raise _NotHere("GET /ready: no started")
+        return f"GET /ready started={started}"
+
+    def _metrics(self) -> str:
+        """Prometheus text: the process start time (VictoriaMetrics, InfluxDB 2.x)."""
+        found: dict[str, str] = {}
+        with contextlib.closing(self._lines("/metrics")) as lines:
+            for line in lines:
+                name, _, value = line.partition(" ")
+                if name in START_METRICS:
+                    found[name] = value.strip()
+                    if name == START_METRICS[0]:
+                        break
+        for name in START_METRICS:
+            if name in found:
+                return f"GET /metrics {name}={found[name]}"
+        raise _NotHere(f"GET /metrics: none of {', '.join(START_METRICS)}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _json_field(text: str, key: str) -> str | None:
+    """``key`` of a JSON object as text, or None (not JSON, not an object, no such key)."""
+    import json
+
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return str(value) if value not in (None, "") else None
+
+
 class _Transport(Protocol):
     def post(self, body: bytes, gzipped: bool) -> tuple[int, str, str | None]:
         """Send one body; returns (status, response text, Retry-After header). Raises SinkUnavailable."""
@@ -302,6 +451,7 @@ class InfluxSink:
         self.settings = settings
         self.name = name
         self._transport: _Transport | None = None
+        self._prober: _Prober | None = None
 
     def open(self) -> InfluxSink:
         if self._transport is None:
@@ -313,6 +463,16 @@ class InfluxSink:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
+
+    def instance(self) -> Instance:
+        """Who answers now (blocking); see the module docstring. Raises :class:`SinkUnavailable`
+        when the database cannot be reached."""
+        if self._prober is None:
+            self._prober = _Prober(self.settings, self.name)
+        return self._prober.instance()
 
     def __enter__(self) -> InfluxSink:
         return self.open()

@@ -340,3 +340,64 @@ class Store:
         return [{"device_id": r[0], "site_id": r[1], "first_seen_ms": r[2], "last_seen_ms": r[3],
                  "status": r[4], "status_since_ms": r[5], "status_reason": r[6], "link": r[7],
                  "latest": latest.get(r[0], {})} for r in rows]
+
+
+
+# ---------------------------------------------------------------------------- sink cursor history
+# Called by the forwarder on its own connections, inside its transactions (gateway/sinks/forwarder.py).
+
+
+def record_cursor(conn: sqlite3.Connection, cursor: str, at_ms: int, seq: int) -> None:
+    """Remember that ``cursor`` stood at ``seq`` at ``at_ms`` (wall clock)."""
+    conn.execute("INSERT OR IGNORE INTO sink_history (sink, at, seq) VALUES (?, ?, ?)", (cursor, at_ms, seq))
+
+
+def prune_cursor_history(conn: sqlite3.Connection, cursor: str, before_ms: int) -> int:
+    """Forget rows older than ``before_ms``, except the newest of them (the anchor: where the
+    cursor stood at ``before_ms``). Returns rows deleted."""
+    return conn.execute(
+        "DELETE FROM sink_history WHERE sink = ? AND at < "
+        "(SELECT max(at) FROM sink_history WHERE sink = ? AND at <= ?)", (cursor, cursor, before_ms)).rowcount
+
+
+def cursor_history(conn: sqlite3.Connection, cursor: str, since_ms: int) -> list[tuple[int, int]]:
+    """(at_ms, seq) of ``cursor`` from the newest row at or before ``since_ms`` on, oldest first
+    (all rows when none is that old)."""
+    rows = conn.execute(
+        "SELECT at, seq FROM sink_history WHERE sink = ? AND at >= coalesce((SELECT max(at) FROM sink_history "
+        "WHERE sink = ? AND at <= ?), -9223372036854775808) ORDER BY at, seq", (cursor, cursor, since_ms)).fetchall()
+    return [(int(at), int(seq)) for at, seq in rows]
+
+
+def cursor_high(conn: sqlite3.Connection, cursor: str) -> int:
+    """The furthest ``cursor`` has been, as far as its history and its row remember."""
+    row = conn.execute("SELECT max(m) FROM (SELECT max(seq) AS m FROM sink_history WHERE sink = ? "
+                       "UNION ALL SELECT seq FROM sink_cursors WHERE sink = ?)", (cursor, cursor)).fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+def rewind_cursor(conn: sqlite3.Connection, cursor: str, seq: int, at_ms: int) -> int:
+    """Move ``cursor`` back to ``seq`` (never forward) and remember it; returns where it stands."""
+    conn.execute("UPDATE sink_cursors SET seq = ?, updated_at = ? WHERE sink = ? AND seq > ?",
+                 (seq, at_ms, cursor, seq))
+    row = conn.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (cursor,)).fetchone()
+    now = int(row[0]) if row is not None else seq
+    record_cursor(conn, cursor, at_ms, now)
+    return now
+
+
+def sink_instance(conn: sqlite3.Connection, sink: str) -> tuple[str, int] | None:
+    """(identity, seen_at_ms) of the database behind ``sink`` when it was last seen, if ever."""
+    row = conn.execute("SELECT identity, seen_at FROM sink_instances WHERE sink = ?", (sink,)).fetchone()
+    return (str(row[0]), int(row[1])) if row is not None else None
+
+
+def set_sink_instance(conn: sqlite3.Connection, sink: str, identity: str, seen_at_ms: int) -> None:
+    conn.execute("INSERT INTO sink_instances (sink, identity, seen_at) VALUES (?, ?, ?) ON CONFLICT(sink) DO UPDATE "
+                 "SET identity = excluded.identity, seen_at = excluded.seen_at", (sink, identity, seen_at_ms))
+
+
+def touch_sink_instance(conn: sqlite3.Connection, sink: str, identity: str, seen_at_ms: int) -> None:
+    """The same database was seen again at ``seen_at_ms`` (nothing changes if another one is recorded)."""
+    conn.execute("UPDATE sink_instances SET seen_at = max(seen_at, ?) WHERE sink = ? AND identity = ?",
+                 (seen_at_ms, sink, identity))
