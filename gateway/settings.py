@@ -220,6 +220,9 @@ class InfluxSettings(_Section):
     verify_tls: bool = True
     max_backlog_mb: float = Field(default=2_048.0, gt=0,
                                   description="disk bound: beyond it the oldest bulk readings are evicted")
+    resend_window_s: float = Field(default=60.0, ge=0, le=86_400,
+                                   description="when the database restarted, re-send what it had confirmed this "
+                                   "long before (it may have lost it); 0: off")
 
 
 class GatewaySettings(_Section):

@@ -14,7 +14,9 @@ the process killed; until then the forwarder runs as its own process over the ga
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,21 +28,32 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gateway.errors import SinkUnavailable
 from gateway.health import Health
 from gateway.models import Quality, Reading
 from gateway.profiles.loader import Catalog, load_catalog
 from gateway.settings import InfluxSettings
-from gateway.sinks.forwarder import Forwarder
-from gateway.sinks.influx import QUALITY_CODES, LineEncoder, escape_tag
-from gateway.store.sqlite import Store
+from gateway.sinks import forwarder as forwarder_module
+from gateway.sinks.forwarder import Forwarder, rewind_point
+from gateway.sinks.influx import QUALITY_CODES, InfluxSink, LineEncoder, escape_tag
+from gateway.store.sqlite import (
+    Store,
+    cursor_high,
+    cursor_history,
+    prune_cursor_history,
+    record_cursor,
+    rewind_cursor,
+    sink_instance,
+)
 from simulators.broker import Mosquitto, free_port
 from tests.support import (
     PROFILES,
@@ -122,6 +135,13 @@ class _Server:
             return _http("GET", self.url + ready, timeout=2)[0] in (200, 204)
         wait_for(up, timeout, f"{args[0]} on {self.url}", interval=0.1)
 
+    def kill(self) -> None:
+        """SIGKILL: no flush, no clean shutdown (what a crash, an OOM kill or a power cut does to the process)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -151,8 +171,24 @@ class VictoriaMetrics(_Server):
         return {"FIREGW_INFLUX__URL": self.url, "FIREGW_INFLUX__API": "v2", "FIREGW_INFLUX__TOKEN": "unused",
                 "FIREGW_INFLUX__ORG": "firegw", "FIREGW_INFLUX__BUCKET": "firegw"}
 
-    def rows_inserted(self) -> int:
-        """Samples received over the influx protocol (three per line: value, quality, received_at)."""
+    def settings(self, **kw: Any) -> InfluxSettings:
+        return InfluxSettings(url=self.url, api="v2", token="unused", org="firegw", bucket="firegw", **kw)
+
+    def rows_inserted(self, timeout: float = 10.0) -> int:
+        """Samples received over the influx protocol (three per line: value, quality, received_at), once
+        nothing more arrives. VictoriaMetrics serves ``/metrics`` from a cache for about a second after
+        a scrape (the forwarder's identity probe is one), so a value counts once it held for longer."""
+        deadline = time.monotonic() + timeout
+        since, value = time.monotonic(), self._rows_inserted()
+        while time.monotonic() - since < 1.5:
+            assert time.monotonic() < deadline, "vm_rows_inserted_total kept changing"
+            time.sleep(0.1)
+            now = self._rows_inserted()
+            if now != value:
+                since, value = time.monotonic(), now
+        return value
+
+    def _rows_inserted(self) -> int:
         _, body = _http("GET", self.url + "/metrics")
         for line in body.decode().splitlines():
             if line.startswith('vm_rows_inserted_total{type="influx"}'):
@@ -227,6 +263,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def env(self, db: str = "firegw") -> dict[str, str]:
         return {"FIREGW_INFLUX__URL": self.url, "FIREGW_INFLUX__API": "v1", "FIREGW_INFLUX__BUCKET": db}
 
+    def settings(self, **kw: Any) -> InfluxSettings:
+        return InfluxSettings(url=self.url, api="v1", bucket="firegw", **kw)
+
     def query(self, q: str, db: str = "firegw") -> dict[str, Any]:
         qs = urllib.parse.urlencode({"db": db, "q": q, "epoch": "ms"})
         status, body = _http("POST", f"{self.url}/query?{qs}", b"", timeout=120)
@@ -275,13 +314,15 @@ def influx1(tmp_path: Path) -> Iterator[InfluxDB1]:
 # ---------------------------------------------------------------------------- expectations
 
 
-def expected_points(db: Path, catalog: Catalog) -> dict[Key, dict[str, Any]]:
-    """What the database must hold: one point per reading in the embedded store (schema: gateway/sinks/influx.py)."""
+def expected_points(db: Path, catalog: Catalog, upto: tuple[int, int] | None = None) -> dict[Key, dict[str, Any]]:
+    """What the database must hold: one point per reading in the embedded store (schema: gateway/sinks/influx.py).
+    ``upto``: only the readings confirmed by the (bulk, urgent) cursors at these seqs."""
     field_of = {"float": "value", "int": "value_int", "bool": "value_int", "str": "value_str"}
     out: dict[Key, dict[str, Any]] = {}
+    where = "" if upto is None else f" WHERE seq <= CASE urgent WHEN 0 THEN {int(upto[0])} ELSE {int(upto[1])} END"
     with contextlib.closing(sqlite3.connect(db)) as conn:
         for dev, metric, ts, value, quality, received_at in conn.execute(
-                "SELECT device_id, metric, ts, value, quality, received_at FROM readings"):
+                "SELECT device_id, metric, ts, value, quality, received_at FROM readings" + where):
             prof = catalog.profiles[catalog.devices[dev].profile]
             point = prof.point(metric)
             assert point is not None
@@ -307,6 +348,19 @@ def assert_same(expected: dict[Key, dict[str, Any]], actual: dict[Key, dict[str,
                                        f"{len(extra)} unexpected (e.g. {sorted(extra)[:3]})")
     wrong = [(k, expected[k], actual[k]) for k in expected if not _equal(expected[k], actual[k], rel)]
     assert not wrong, f"{len(wrong)} points differ, e.g. {wrong[:3]}"
+
+
+def assert_database_equals_store(server: VictoriaMetrics | InfluxDB1, db: Path,
+                                 catalog: Catalog) -> dict[Key, dict[str, Any]]:
+    """Every reading of the store is in the database, once, with the same fields, and nothing else is."""
+    expected = expected_points(db, catalog)
+    if isinstance(server, VictoriaMetrics):
+        actual, dups = server.points_of(expected)
+        assert dups == 0
+        assert_same(expected, actual, VM_REL)
+    else:
+        assert_same(expected, server.points())
+    return expected
 
 
 def cursors(db: Path) -> dict[str, int]:
@@ -387,6 +441,14 @@ def _fill(db: Path, catalog: Catalog, n: int, *, urgent_every: int = 0, only: se
           t0: int | None = None) -> None:
     """Write ``n`` readings straight into the store (as the committer would), round-robin over devices."""
     t0 = t0 if t0 is not None else int(time.time() * 1000) - 3_600_000
+    with Store(db, synchronous="normal") as store, store.transaction():
+        store.insert_readings(_readings(catalog, 0, n, t0, urgent_every=urgent_every, only=only))
+
+
+def _readings(catalog: Catalog, first: int, n: int, t0: int, *, urgent_every: int = 0,
+              only: set[str] | None = None) -> list[Reading]:
+    """Readings ``first`` .. ``first + n - 1`` of a round-robin over every point of every device,
+    reading ``i`` at device time ``t0 + i``: each is its own point in the database."""
     pts = []
     for dev in catalog.inventory.devices:
         prof = catalog.profiles[dev.profile]
@@ -395,7 +457,7 @@ def _fill(db: Path, catalog: Catalog, n: int, *, urgent_every: int = 0, only: se
         for p in prof.points:
             pts.append((dev, p))
     readings = []
-    for i in range(n):
+    for i in range(first, first + n):
         dev, p = pts[i % len(pts)]
         value: bool | int | float | str
         if p.type == "bool":
@@ -409,8 +471,7 @@ def _fill(db: Path, catalog: Catalog, n: int, *, urgent_every: int = 0, only: se
         urgent = bool(urgent_every) and i % urgent_every == urgent_every - 1
         readings.append(Reading(dev.site_id, dev.device_id, p.name, value, p.unit, t0 + i, t0 + i + 5,
                                 Quality.SUSPECT if i % 11 == 0 else Quality.GOOD, urgent=urgent))
-    with Store(db, synchronous="normal") as store, store.transaction():
-        store.insert_readings(readings)
+    return readings
 
 
 def _settings(url: str, **kw: Any) -> InfluxSettings:
@@ -497,13 +558,7 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
         assert store_stats(db)["readings_stored"] == result["expected_readings"]
         print(f"outage {outage_s:.0f}s: backlog {backlog} readings; killed at cursor {killed_at}; "
               f"{result['expected_readings']} readings")
-        expected = expected_points(db, catalog)
-        if isinstance(server, VictoriaMetrics):
-            actual, dups = server.points_of(expected)
-            assert dups == 0
-            assert_same(expected, actual, VM_REL)
-        else:
-            assert_same(expected, server.points())
+        assert_database_equals_store(server, db, catalog)
     finally:
         t.join(120)
         gw.stop()
@@ -652,3 +707,315 @@ def test_urgent_readings_overtake_a_draining_backlog(tmp_path: Path) -> None:
         assert server.rows_inserted() == 3 * len(expected)  # each reading crossed the wire exactly once
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------- the database's own crash
+
+
+@pytest.mark.parametrize(("history", "cutoff", "cursor", "floor", "expected"), [
+    # the anchor (newest position at or before the cutoff) and everything after it count
+    ([(1000, 10), (2000, 20), (3000, 30)], 2500, 40, 0, (20, True)),
+    ([(1000, 10), (2000, 20), (3000, 30)], 2000, 40, 0, (20, True)),  # a position at the cutoff is its anchor
+    ([(1000, 10), (2000, 20), (3000, 30)], 9000, 40, 0, (30, True)),  # nothing confirmed since the last one
+    # the history starts after the cutoff: its oldest position, and say so
+    ([(1000, 10), (2000, 20)], 500, 40, 0, (10, False)),
+    ([], 500, 40, 0, (40, False)),  # nothing known: nothing to go back to
+    # an earlier rewind (recorded) lies below the anchor's position: the lowest since the anchor counts
+    ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 2200, 70, 0, (20, True)),
+    ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 2600, 70, 0, (20, True)),
+    ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 3000, 70, 0, (60, True)),
+    # never below what retention pruned, never above the furthest the cursor has been
+    ([(1000, 10), (2000, 20)], 1500, 40, 15, (15, True)),
+    ([(1000, 10), (2000, 20)], 1500, 40, 45, (40, True)),
+    ([(1000, 30)], 1500, 25, 0, (25, True)),
+])
+def test_rewind_point(history: list[tuple[int, int]], cutoff: int, cursor: int, floor: int,
+                      expected: tuple[int, bool]) -> None:
+    assert rewind_point(history, cutoff, cursor, floor) == expected
+
+
+def test_cursor_history_in_the_store_keeps_its_anchor(tmp_path: Path) -> None:
+    with Store(tmp_path / "firegw.db") as store:
+        conn = store.conn
+        conn.execute("INSERT INTO sink_cursors VALUES ('x', 60, 0)")
+        for at, seq in [(1000, 10), (2000, 20), (3000, 30), (4000, 5), (5000, 40)]:
+            record_cursor(conn, "x", at, seq)
+        record_cursor(conn, "y", 2500, 99)  # another cursor's history is its own
+        assert cursor_history(conn, "x", 2500) == [(2000, 20), (3000, 30), (4000, 5), (5000, 40)]
+        assert rewind_point(cursor_history(conn, "x", 2500), 2500, 60) == (5, True)
+        assert rewind_point(cursor_history(conn, "x", 4500), 4500, 60) == (5, True)
+        assert rewind_point(cursor_history(conn, "x", 5000), 5000, 60) == (40, True)
+        assert prune_cursor_history(conn, "x", 2500) == 1  # (1000, 10) goes; (2000, 20) is the anchor for 2500
+        assert cursor_history(conn, "x", 0) == [(2000, 20), (3000, 30), (4000, 5), (5000, 40)]
+        assert prune_cursor_history(conn, "x", 1500) == 0
+        assert cursor_history(conn, "y", 0) == [(2500, 99)]
+        assert cursor_high(conn, "x") == 60  # its row is further than its history
+        # a rewind never moves a cursor forward, and is remembered
+        assert rewind_cursor(conn, "x", 70, 6000) == 60
+        assert rewind_cursor(conn, "x", 25, 6001) == 25
+        assert cursor_history(conn, "x", 5500)[-2:] == [(6000, 60), (6001, 25)]
+        assert cursor_high(conn, "x") == 60
+
+
+class _FakeInfluxDB2(ThreadingHTTPServer):
+    """Speaks as much of InfluxDB 2.x as the forwarder uses: ``POST /api/v2/write`` (every line kept,
+    with how often it came) and ``GET /ready`` with its ``started`` (None: 404, as a server without it)."""
+
+    def __init__(self) -> None:
+        self.started: str | None = "2026-11-29T08:00:00.000000001Z"
+        self.received: dict[str, int] = {}
+        self.gets = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _FakeHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    server: _FakeInfluxDB2
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        with self.server.lock:
+            for line in body.decode().splitlines():
+                self.server.received[line] = self.server.received.get(line, 0) + 1
+        self.send_response(204)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.server.gets += 1
+        started = self.server.started
+        if self.path != "/ready" or started is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        body = json.dumps({"status": "ready", "started": started, "up": "1m0s"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _restart_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "database restarted" in r.getMessage()]
+
+
+def test_influxdb2_started_changes_so_everything_confirmed_in_the_window_is_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """InfluxDB 2.x (not installed here): its ``/ready`` ``started`` as the identity; a new one
+    re-sends what was confirmed in the window (here: everything, all of it just confirmed)."""
+    monkeypatch.setattr(forwarder_module, "IDLE_CHECK_S", 0.2)  # no new readings: the idle probe notices
+    caplog.set_level(logging.INFO, logger="gateway.sinks.forwarder")
+    catalog, _ = _catalog(tmp_path, 40)
+    db = tmp_path / "firegw.db"
+    Store(db).open().close()
+    _fill(db, catalog, 3000, urgent_every=10)
+    server = _FakeInfluxDB2()
+    health = Health()
+    fwd = Forwarder(settings=_settings(server.url, token="t", org="o", bucket="b", flush_interval_s=0.1),
+                    catalog=catalog, store_path=db, health=health)
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
+    try:
+        wait_for(lambda: caught_up(db) and _instance(db) is not None, 30, "everything forwarded, identity recorded")
+        assert len(server.received) == 3000 and set(server.received.values()) == {1}
+        assert (_instance(db) or ("",))[0] == "GET /ready started=2026-11-29T08:00:00.000000001Z"
+        server.started = "2026-11-29T08:05:00.000000001Z"  # it restarted
+        stage = health.stage("forwarder:influx")
+        wait_for(lambda: stage.counters.get("database_restarts") == 1, 30, "the restart noticed")
+        wait_for(lambda: caught_up(db) and set(server.received.values()) == {2}, 30, "everything sent again")
+        wait_for(lambda: (_instance(db) or ("",))[0].endswith("08:05:00.000000001Z"), 10, "the new identity recorded")
+    finally:
+        run.stop()
+        server.stop()
+    assert stage.counters["resent"] == 3000
+    assert _restart_records(caplog) == [
+        "influx: database restarted (GET /ready started=2026-11-29T08:05:00.000000001Z, was GET /ready "
+        "started=2026-11-29T08:00:00.000000001Z), re-sending 3000 readings from the last 60 s"]
+
+
+def test_no_identity_is_said_once_and_forwarding_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(forwarder_module, "UNKNOWN_RETRY_S", 0.1)
+    caplog.set_level(logging.INFO, logger="gateway.sinks.forwarder")
+    catalog, _ = _catalog(tmp_path, 40)
+    db = tmp_path / "firegw.db"
+    Store(db).open().close()
+    _fill(db, catalog, 500)
+    server = _FakeInfluxDB2()
+    server.started = None
+    health = Health()
+    fwd = Forwarder(settings=_settings(server.url, token="t", org="o", bucket="b", flush_interval_s=0.1),
+                    catalog=catalog, store_path=db, health=health)
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
+    probes_before = server.gets
+    try:
+        wait_for(lambda: caught_up(db), 30, "everything forwarded")
+        wait_for(lambda: server.gets >= probes_before + 5, 10, "the identity looked for again, and again")
+        server.started = "2026-11-29T08:00:00Z"
+        wait_for(lambda: _instance(db) is not None, 10, "an identity once the database tells it")
+    finally:
+        run.stop()
+        server.stop()
+    assert len(server.received) == 500
+    said = [r for r in caplog.records if "cannot tell when the database restarts" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, said
+    assert "GET /ready: HTTP 404" in said[0].getMessage() and "GET /metrics: HTTP 404" in said[0].getMessage()
+    assert any("detectable again" in r.getMessage() for r in caplog.records)
+    assert not _restart_records(caplog)  # a first identity is no restart
+
+
+def _instance(db: Path) -> tuple[str, int] | None:
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        return sink_instance(conn, "influx")
+
+
+class _Stream:
+    """Readings committed to the store as a committer would, ``per_tick`` every ``tick_s``, each commit
+    followed by a wake of the forwarder; every 10th reading urgent."""
+
+    def __init__(self, db: Path, catalog: Catalog, wake: Callable[[], None], *, per_tick: int = 50,
+                 tick_s: float = 0.02) -> None:
+        self.db, self.catalog, self.wake = db, catalog, wake
+        self.per_tick, self.tick_s = per_tick, tick_s
+        self.t0 = int(time.time() * 1000) - 3_600_000  # device times in the past: every one can be exported
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with Store(self.db, synchronous="normal") as store:
+                while not self._stop.wait(self.tick_s):
+                    with store.transaction():
+                        store.insert_readings(_readings(self.catalog, self.sent, self.per_tick, self.t0,
+                                                        urgent_every=10))
+                    self.sent += self.per_tick
+                    self.wake()
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+def _kill_mid_stream(tmp_path: Path, server: VictoriaMetrics | InfluxDB1, caplog: pytest.LogCaptureFixture, *,
+                     gateway_too: bool) -> None:
+    """Stream readings through a forwarder; SIGKILL the database mid-stream; restart it on the same
+    data folder (with ``gateway_too``, the forwarder and the stream stop with the database and come
+    back after it, as on one machine losing power). Afterwards the database holds exactly the store's
+    readings: each once, none missing."""
+    caplog.set_level(logging.INFO, logger="gateway.sinks.forwarder")
+    catalog, _ = _catalog(tmp_path, 40)
+    db = tmp_path / "firegw.db"
+    Store(db).open().close()
+    health = Health()
+    stage = health.stage("forwarder:influx")
+
+    def forwarder() -> Forwarder:
+        return Forwarder(settings=server.settings(batch_size=1000, flush_interval_s=0.2), catalog=catalog,
+                         store_path=db, health=health, backoff_min_s=0.1, backoff_max_s=1.0)
+
+    fwd = forwarder()
+    run = RunningInThread(fwd, name="forwarder", timeout=30)
+    stream = _Stream(db, catalog, fwd.wake)
+    lost = -1
+    try:
+        wait_for(lambda: _instance(db) is not None, 30, "the database's identity recorded")
+        wait_for(lambda: cursors(db)["influx"] > 5000, 30, "a stream forwarded")
+        server.kill()
+        if gateway_too:
+            stream.stop()
+            run.stop()
+        at_kill = cursors(db)
+        confirmed = expected_points(db, catalog, (at_kill["influx"], at_kill["influx:urgent"]))
+        if not gateway_too:
+            wait_for(lambda: head(db) > at_kill["influx"] + 2000, 30, "a backlog while the database is down")
+        server.start()  # the same data folder
+        if gateway_too:  # what the database lost of what it had confirmed, before anything is re-sent
+            lost = len(confirmed.keys() - (server.points()[0] if isinstance(server, VictoriaMetrics)
+                                           else server.points()).keys())
+            fwd = forwarder()
+            run = RunningInThread(fwd, name="forwarder", timeout=30)
+            stream = _Stream(db, catalog, fwd.wake)
+            stream.t0 -= 3_600_000  # device times of its own
+        wait_for(lambda: stage.counters.get("database_restarts") == 1, 30, "the restart noticed")
+        at_restart = head(db)
+        wait_for(lambda: cursors(db)["influx"] > at_restart + 2000, 30, "the stream forwarded after the restart")
+    finally:
+        stream.stop()
+    try:
+        wait_for(lambda: caught_up(db), 60, "everything forwarded")
+    finally:
+        run.stop()
+    expected = assert_database_equals_store(server, db, catalog)
+    assert stage.counters["database_restarts"] == 1
+    assert stage.counters["resent"] > 0
+    said = _restart_records(caplog)
+    assert len(said) == 1 and "re-sending" in said[0] and "from the last 60 s" in said[0], said
+    print(f"{type(server).__name__}{' and forwarder' if gateway_too else ''} killed mid-stream: "
+          f"{len(expected)} readings; {len(confirmed)} confirmed at the kill"
+          f"{f', {lost} of them missing after the restart' if lost >= 0 else ''}; "
+          f"{stage.counters['resent']} re-sent; {said[0]}")
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("gateway_too", [False, True], ids=["database", "database-and-forwarder"])
+def test_victoriametrics_killed_mid_stream_loses_nothing_it_confirmed(
+        tmp_path: Path, vm: VictoriaMetrics, caplog: pytest.LogCaptureFixture, gateway_too: bool) -> None:
+    _kill_mid_stream(tmp_path, vm, caplog, gateway_too=gateway_too)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("gateway_too", [False, True], ids=["database", "database-and-forwarder"])
+def test_influxdb1_killed_mid_stream_loses_nothing_it_confirmed(
+        tmp_path: Path, influx1: InfluxDB1, caplog: pytest.LogCaptureFixture, gateway_too: bool) -> None:
+    _kill_mid_stream(tmp_path, influx1, caplog, gateway_too=gateway_too)
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_victoriametrics_identity_is_its_start_time(vm: VictoriaMetrics, api: str) -> None:
+    s = vm.settings() if api == "v2" else InfluxSettings(url=vm.url, api="v1", bucket="firegw")
+    with InfluxSink(s) as sink:
+        first = sink.instance()
+        assert first.identity is not None and first.identity.startswith("GET /metrics process_start_time_seconds=")
+        assert sink.instance() == first  # asked again: the same
+        # its start time is in whole seconds: one that lived under a second is not told from the next
+        started = int(first.identity.rpartition("=")[2])
+        wait_for(lambda: time.time() >= started + 1.0, 5, "VictoriaMetrics up for a second")
+        vm.kill()
+        with pytest.raises(SinkUnavailable):
+            sink.instance()
+        vm.start()
+        again = sink.instance()
+        assert again.identity is not None and again.identity != first.identity
+
+
+def test_influxdb1_identity_is_its_start_time(influx1: InfluxDB1) -> None:
+    with InfluxSink(influx1.settings()) as sink:
+        first = sink.instance()
+        assert first.identity is not None and first.identity.startswith("GET /debug/vars system.started=")
+        assert sink.instance() == first
+        influx1.kill()
+        influx1.start()
+        again = sink.instance()
+        assert again.identity is not None and again.identity != first.identity
