@@ -76,7 +76,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
@@ -238,16 +238,8 @@ class _Answer:
     excused: bool = False  # a "timeout" whose last attempt went out while the link was possibly busy
 
 
-#: Link settings that devices of one link share, with their defaults (None in a binding: not given).
-_LINK_SETTINGS: dict[str, object] = {
-    "framer": "tcp",
-    "baudrate": 9600,
-    "parity": "N",
-    "stopbits": 1,
-    "bytesize": 8,
-    "sequential": True,
-    "late_answer_s": LATE_ANSWER_S,
-}
+#: Binding fields that devices of one link share (None in a binding: not given there).
+_LINK_SETTINGS = ("framer", "baudrate", "parity", "stopbits", "bytesize", "sequential", "late_answer_s")
 
 
 def _link_name(b: ModbusDeviceBinding) -> str:
@@ -255,9 +247,9 @@ def _link_name(b: ModbusDeviceBinding) -> str:
 
 
 def _link_spec(name: str, bindings: Sequence[tuple[str, ModbusDeviceBinding]]) -> tuple[_LinkSpec, list[str]]:
-    """The settings of one link from the bindings of its devices: given values must agree."""
-    chosen: dict[str, tuple[object, str]] = {}
+    """The settings of one link from the bindings of its devices: the values given must agree."""
     problems: list[str] = []
+    chosen: dict[str, tuple[Any, str]] = {}
     for device_id, b in bindings:
         for key in _LINK_SETTINGS:
             value = getattr(b, key)
@@ -269,21 +261,24 @@ def _link_spec(name: str, bindings: Sequence[tuple[str, ModbusDeviceBinding]]) -
                     f"{device_id}: modbus.{key}: link {name} has {key} {have[0]} (device {have[1]}), not "
                     f"{value}; one link has one setting"
                 )
-    s = {key: chosen[key][0] if key in chosen else default for key, default in _LINK_SETTINGS.items()}
+
+    def given(key: str, default: Any) -> Any:
+        return chosen[key][0] if key in chosen else default
+
     first = bindings[0][1]
-    framer = first.framer
+    serial = first.framer == "rtu"
     spec = _LinkSpec(
         name=name,
-        framer=framer,
-        host=None if framer == "rtu" else first.host,
-        port=0 if framer == "rtu" else first.port,
-        serial_port=first.serial_port if framer == "rtu" else None,
-        baudrate=int(str(s["baudrate"])),
-        parity=str(s["parity"]),
-        stopbits=int(str(s["stopbits"])),
-        bytesize=int(str(s["bytesize"])),
-        sequential=bool(s["sequential"]),
-        late_answer_s=float(str(s["late_answer_s"])),
+        framer=first.framer,
+        host=None if serial else first.host,
+        port=0 if serial else first.port,
+        serial_port=first.serial_port if serial else None,
+        baudrate=given("baudrate", 9600),
+        parity=given("parity", "N"),
+        stopbits=given("stopbits", 1),
+        bytesize=given("bytesize", 8),
+        sequential=given("sequential", True),
+        late_answer_s=given("late_answer_s", LATE_ANSWER_S),
     )
     return spec, problems
 
@@ -548,14 +543,11 @@ class _Link:
         while True:
             reason = await self._connect_once()
             if reason is None:
-                self._stage.set_connected(True)
-                if self._down:
-                    logger.info("%s: connected again", self.spec.name)
+                self._stage.set_connected(True)  # logs the change
                 self._down = False
                 return
             if not self._down:
                 self._down = True
-                logger.warning("%s: link down: %s", self.spec.name, reason)
                 self._stage.set_connected(False, reason)
                 await self._report_link_down(reason)
             else:
