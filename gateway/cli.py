@@ -54,9 +54,10 @@ def _print_json(obj: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from gateway.logs import setup_logging
+    from gateway.logs import raise_file_limit, setup_logging
 
     setup_logging(settings.log_level)
+    raise_file_limit()
     os.umask(0o077)  # the store, its WAL, activated profiles: readable by the gateway's user only
     from gateway.pipeline import Gateway
 

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-__all__ = ["RedactingFilter", "redact", "setup_logging"]
+__all__ = ["EdgeFilter", "RedactingFilter", "raise_file_limit", "redact", "setup_logging"]
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:]*):(?P<pw>[^/@\s]*)@")
 _QUERY = re.compile(r"(?<![A-Za-z0-9_.-])(?P<key>(?:api[_-]?key|access[_-]?token|token|password|passwd|pwd|"
@@ -60,6 +60,44 @@ def _urlish(value: object) -> bool:
     return type(value).__name__ in ("URL", "Request", "Response")
 
 
+class EdgeFilter(logging.Filter):
+    """Lets one record per message template through every ``every_s`` (the rest are counted and the
+    count is added to the next line let through). For loggers that would repeat a line per event,
+    such as asyncio's "socket.accept() out of system resource" under a connection flood."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        key = str(record.msg)[:200]
+        now = time.monotonic()
+        last, held = self._last.get(key, (-1e18, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.every_s:.0f} s)"
+        return True
+
+
+def raise_file_limit() -> None:
+    """Open files: the soft limit up to the hard one (connections, the store, pipes need descriptors)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def setup_logging(level: str | int, *, filename: str | None = None) -> None:
     """Configure the root logger once: format, level, redaction on every handler, libraries quieted."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", filename=filename)
@@ -71,3 +109,6 @@ def setup_logging(level: str | int, *, filename: str | None = None) -> None:
         lib = logging.getLogger(name)
         if lib.level == logging.NOTSET or lib.level < logging.WARNING:
             lib.setLevel(logging.WARNING)
+    aio = logging.getLogger("asyncio")
+    if not any(isinstance(f, EdgeFilter) for f in aio.filters):
+        aio.addFilter(EdgeFilter())

@@ -37,3 +37,24 @@ def test_filter_redacts_arguments_and_url_objects(caplog: pytest.LogCaptureFixtu
 def test_nothing_but_credentials_changes() -> None:
     text = "pump1 pressure=0.42 MPa monkey=1 hazard_key=x at 2026-11-29T08:00:00Z on fire/site/btn/dev/up (a=b)"
     assert redact(text) == text
+
+
+def test_edge_filter_lets_one_line_a_minute_through(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.logs import EdgeFilter
+
+    log = logging.getLogger("test.flood")
+    flt = EdgeFilter(every_s=60)
+    log.addFilter(flt)
+    try:
+        with caplog.at_level(logging.ERROR, logger="test.flood"):
+            for _ in range(1000):
+                log.error("socket.accept() out of system resource")
+            log.error("something else")
+        lines = [r.getMessage() for r in caplog.records if r.name == "test.flood"]
+        assert lines == ["socket.accept() out of system resource", "something else"]
+        flt._last["socket.accept() out of system resource"] = (-1e9, 999)
+        with caplog.at_level(logging.ERROR, logger="test.flood"):
+            log.error("socket.accept() out of system resource")
+        assert "999 more like it" in caplog.records[-1].getMessage()
+    finally:
+        log.removeFilter(flt)
