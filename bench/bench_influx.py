@@ -22,6 +22,12 @@ the same readings.
 Every run checks VictoriaMetrics received exactly 3 samples per reading (value, quality, received_at).
 
     .venv/bin/python bench/bench_influx.py --points 1000000 --out bench/RESULTS-influx.md
+
+``--kill-after S`` measures the database's own crash instead: readings stream into the store (about
+2,500 a second, as tests/test_influx.py's kill tests do) and a forwarder ships them; after S seconds
+VictoriaMetrics is killed with SIGKILL together with the forwarder, restarted on its data folder
+(what it lost of what it had confirmed is counted), and a new forwarder runs until caught up. Once
+with ``influx.resend_window_s`` 0 (no re-send: what firegw did before) and once with 60 s.
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ from gateway.settings import InfluxSettings
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.influx import LineEncoder
 from gateway.store.sqlite import Store
-from tests.support import PROFILES, RunningInThread, write_inventory
-from tests.test_influx import VictoriaMetrics, caught_up, cursors
+from tests.support import PROFILES, RunningInThread, wait_for, write_inventory
+from tests.test_influx import VictoriaMetrics, _catalog, _Stream, caught_up, cursors, expected_points
 
 BATCH = 5_000
 
@@ -138,6 +144,48 @@ def forward(vm: VictoriaMetrics, db: Path, catalog: Catalog) -> float:
     return dt
 
 
+def tsdb_kill(work: Path, window_s: float, kill_after_s: float) -> str:
+    """VictoriaMetrics and the forwarder SIGKILLed mid-stream; what the database lost and what is left."""
+    catalog, _ = _catalog(work, 40)
+    db = work / "firegw.db"
+    Store(db).open().close()
+    vm = VictoriaMetrics(work / "vm").start()
+    health = Health()
+    stage = health.stage("forwarder:influx")
+
+    def forwarder() -> Forwarder:
+        return Forwarder(settings=vm.settings(batch_size=1000, flush_interval_s=0.2, resend_window_s=window_s),
+                         catalog=catalog, store_path=db, health=health, backoff_min_s=0.1, backoff_max_s=1.0)
+
+    try:
+        fwd = forwarder()
+        run = RunningInThread(fwd, name="forwarder", timeout=30)
+        stream = _Stream(db, catalog, fwd.wake)
+        t0 = time.monotonic()
+        wait_for(lambda: time.monotonic() - t0 >= kill_after_s, kill_after_s + 5, "the stream", interval=0.2)
+        vm.kill()
+        stream.stop()
+        run.stop()
+        at = cursors(db)
+        confirmed = expected_points(db, catalog, (at["influx"], at["influx:urgent"]))
+        vm.start()
+        lost = len(confirmed.keys() - vm.points()[0].keys())
+        run = RunningInThread(forwarder(), name="forwarder", timeout=30)
+        try:
+            if window_s:
+                wait_for(lambda: stage.counters.get("database_restarts") == 1, 30, "the restart noticed")
+            wait_for(lambda: caught_up(db), 60, "everything forwarded")
+        finally:
+            run.stop()
+        expected = expected_points(db, catalog)
+        actual, dups = vm.points_of(expected, timeout=5)
+        missing = len(expected.keys() - actual.keys())
+    finally:
+        vm.stop()
+    return (f"| {window_s:g} s | {len(expected):,} | {len(confirmed):,} | {lost:,} | "
+            f"{stage.counters.get('resent', 0):,} | {missing:,} | {dups:,} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=1_000_000, help="readings for the sustained rate")
@@ -147,7 +195,16 @@ def main() -> int:
     ap.add_argument("--readings-per-message", type=float, default=3.5)
     ap.add_argument("--devices", type=int, default=2_000)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--kill-after", type=float, default=None, metavar="S",
+                    help="measure a SIGKILL of the database after S seconds of streaming instead")
     args = ap.parse_args()
+    if args.kill_after is not None:
+        print("| resend_window_s | readings | confirmed at the kill | of them lost by the database | re-sent | "
+              "missing afterwards | doubled |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for window in (0.0, 60.0):
+            with tempfile.TemporaryDirectory(prefix="firegw-bench-kill-") as tmp:
+                print(tsdb_kill(Path(tmp), window, args.kill_after), flush=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="firegw-bench-influx-") as tmp:
         work = Path(tmp)
         inv = work / "inventory.yaml"
