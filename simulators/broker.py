@@ -165,6 +165,9 @@ class Mosquitto:
         """Make the broker write its persistence file now (SIGUSR1) and return once it has: Mosquitto
         writes ``mosquitto.db.new`` and renames it over ``mosquitto.db``, so a new inode means done."""
         assert self.proc is not None and self.proc.poll() is None, "the broker is not running"
+        # The broker runs as 'mosquitto' and must still reach its folder: a pytest session starting
+        # meanwhile (another one on the same machine) takes the traverse bit off /tmp/pytest-of-<user>.
+        _chown_for_mosquitto(self.workdir)
         db = self.workdir / "data" / "mosquitto.db"
 
         def inode() -> int | None:
