@@ -337,7 +337,7 @@ def test_gateway_sigkilled_20_times_under_load(tmp_path: Path, broker: Mosquitto
     rig = Rig(tmp_path, broker, 100, name="killloop")
     gw = rig.gw.start()
     rnd = random.Random(20)
-    fleet = rig.fleet(rate=10, duration=40)
+    fleet = rig.fleet(rate=10, duration=45)
     kills_after_progress = 0
     try:
         for i in range(20):
