@@ -38,6 +38,8 @@ __all__ = ["RECENT_IDS", "Committer", "Hooks", "RetentionPolicy"]
 #: of a committed message is recognised.
 RECENT_IDS = 200_000
 CHECKPOINT_EVERY_S = 1.0
+#: Past this the WAL is checkpointed with RESTART (holding the writer briefly) so it cannot grow without end.
+WAL_LIMIT_BYTES = 64 * 1_048_576
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ class Hooks:
         disagree with the store and reload it from the store (as at a restart)."""
         return None
 
+    def after_commit(self) -> None:
+        """The transaction committed: what may only be said once it is on disk (log lines)."""
+        return None
+
 
 class Committer:
     """Owns the writing store connection; see the module docstring."""
@@ -123,6 +129,7 @@ class Committer:
         self._last_prune = 0.0
         self._device_sites = {d.device_id: d.site_id for d in catalog.inventory.devices}
         self._contained_kinds: set[str] = set()
+        self._gave_up = False  # stopping while the store refused writes: leave the rest unacknowledged
         self.on_commit: list[Callable[[], None]] = []  # called (in this thread) after each commit
 
     def reload(self, catalog: Catalog) -> None:
@@ -184,22 +191,33 @@ class Committer:
     def start(self) -> None:
         # WAL checkpoints run in a thread of their own, on their own connection: copying the WAL into
         # the database file must not happen inside a commit that an alarm is waiting for.
-        self.store.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.store.manual_checkpoints()
         self._checkpointer.start()
         self._thread.start()
 
     def _checkpoint_loop(self) -> None:
-        import sqlite3 as _sqlite3
-
-        conn = _sqlite3.connect(self.store.path, timeout=30.0, isolation_level=None)
-        try:
-            while not self._stopping.wait(CHECKPOINT_EVERY_S):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except _sqlite3.Error as exc:
-                    logger.debug("checkpoint: %s", exc)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
+        """Copy the WAL into the database every second, off the committer's thread (PASSIVE: it never
+        waits for the writer). A committer that commits without pause leaves no moment at which the
+        WAL can start over, so past :data:`WAL_LIMIT_BYTES` one RESTART checkpoint holds the writer
+        back until the WAL is copied and may be reused (and ``journal_size_limit`` trims the file):
+        the WAL stays bounded (it once reached 184 MB for a 6.6 MB store in 15 s)."""
+        wal = self.store.path.with_name(self.store.path.name + "-wal")
+        conn: sqlite3.Connection | None = None
+        while True:
+            stopping = self._stopping.wait(CHECKPOINT_EVERY_S)
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(self.store.path, timeout=30.0, isolation_level=None)
+                big = wal.exists() and wal.stat().st_size > WAL_LIMIT_BYTES
+                conn.execute("PRAGMA wal_checkpoint(RESTART)" if big else "PRAGMA wal_checkpoint(PASSIVE)")
+            except (sqlite3.Error, OSError) as exc:  # the store is failing: the committer says so
+                logger.debug("checkpoint: %s", exc)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if stopping:
+                break
+        if conn is not None:
             conn.close()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -240,6 +258,17 @@ class Committer:
                     logger.exception("committer: unexpected failure; going on")
                     self._stage.count("unexpected_errors")
                     time.sleep(0.1)
+            if self._gave_up:
+                # stopping while the store refuses writes: what is still waiting stays unacknowledged,
+                # and the broker (or the next poll) delivers it again to the next run
+                left = sum(1 for it in inbox if isinstance(it, RawMessage))
+                for it in [*items, *inbox]:
+                    if isinstance(it, _Job) and not it.future.done():
+                        it.future.set_exception(RuntimeError("the gateway stopped while its store refused writes"))
+                inbox.clear()
+                logger.error("committer: stopped while the store refuses writes; %d waiting messages stay "
+                             "unacknowledged (redelivered to the next run)", left)
+                return
         try:
             with self.store.transaction():
                 self.hooks.on_stop(self.store, int(time.time() * 1000))
@@ -278,18 +307,32 @@ class Committer:
             except sqlite3.Error as exc:
                 # The store cannot take the batch (disk full, read-only, locked, I/O error). Nothing was
                 # acknowledged; keep the batch and try again rather than lose it.
-                self._recover_hooks()
-                self._stage.fail(f"store write failed, retrying: {exc}")
-                self._stage.count("store_errors")
                 self._stage.depth = len(items) + len(self._inbox)
-                if stopping and delay > 8:
-                    logger.error("committer: giving up at shutdown; %d items stay unacknowledged", len(items))
+                if not self._store_failed(exc, delay, stopping):
+                    logger.error("committer: giving up at shutdown; %d items stay unacknowledged (the "
+                                 "source redelivers them)", len(items))
                     return
-                time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             self._stage.ok()
             return
+
+    def _store_failed(self, exc: sqlite3.Error, delay: float, stopping: bool) -> bool:
+        """After a failed write: reload the hooks' state, show the stage failing, reopen the store
+        connection (SQLite opens a file it may not write read-only, silently, and keeps it so), and wait
+        ``delay``. False when the gateway is stopping and has waited long enough: give up."""
+        self._recover_hooks()
+        self._stage.fail(f"store write failed, retrying: {exc}")
+        self._stage.count("store_errors")
+        if (stopping or self._stopping.is_set()) and delay > 4:
+            self._gave_up = True
+            return False
+        time.sleep(delay)
+        try:
+            self.store.reopen()
+        except Exception as again:  # still unusable: the next attempt says why
+            logger.debug("committer: reopening the store failed: %s", again)
+        return True
 
     def _contained(self, exc: BaseException, what: str) -> None:
         self._recover_hooks()
@@ -346,9 +389,8 @@ class Committer:
                 self._commit(decoded, [], False)
                 return
             except sqlite3.Error as exc:
-                self._recover_hooks()
-                self._stage.fail(f"store write failed, retrying: {exc}")
-                time.sleep(delay)
+                if not self._store_failed(exc, delay, False):
+                    return
                 delay = min(delay * 2, 10.0)
 
     def _recover_hooks(self) -> None:
@@ -411,7 +453,9 @@ class Committer:
                         continue
                     taken[raw.address] = digest
                     retained_rows.append((raw.address, digest, raw.received_at_ms))
-                elif seen_before and (raw.redelivered or dec.device_time):
+                elif seen_before and (raw.redelivered or dec.device_time or dec.dead is not None):
+                    # a dead letter carries no device time, and a broker restored from its file
+                    # re-sends without DUP: the same bad bytes again are the same bad message
                     duplicates += 1
                     continue
                 if not seen_before:
@@ -462,6 +506,10 @@ class Committer:
                 self.hooks.on_tick(store, now_ms)
         self._remember(batch_seen)
         # Committed: nothing below may fail the batch (it would be processed again).
+        try:
+            self.hooks.after_commit()
+        except Exception:
+            logger.exception("committer: after-commit hook failed")
         for fn in self.on_commit:
             try:
                 fn()

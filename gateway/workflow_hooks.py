@@ -44,6 +44,7 @@ class WorkflowHooks(Hooks):
         self._sources: dict[str, bool] = {}
         self._on_records = on_records
         self.counts: dict[str, int] = {"records": 0, "test_records": 0, "shield_logs": 0}
+        self._pending_logs: list[tuple[str, str, str, str]] = []
 
     # ------------------------------------------------------------------ state
 
@@ -91,9 +92,9 @@ class WorkflowHooks(Hooks):
                                                     str(snap.get("resolution")), now_ms)
                 if more:
                     self._write(store, self.workflow.apply(more, now_ms), now_ms)
-            if rec.type in ("opened", "escalated"):
-                logger.warning("%s %s %s: %s", rec.kind, rec.type, rec.subject_id,
-                               rec.snapshot.get("title_en") or rec.snapshot.get("device_id"))
+            if rec.type in ("opened", "escalated"):  # logged once committed (a rolled-back one never was)
+                self._pending_logs.append((rec.kind, rec.type, rec.subject_id,
+                                           str(rec.snapshot.get("title_en") or rec.snapshot.get("device_id"))))
         if self._on_records is not None:
             self._on_records(records)
 
@@ -127,6 +128,11 @@ class WorkflowHooks(Hooks):
         self._load(store)
         self.save(store, now_ms)
 
+    def after_commit(self) -> None:
+        for kind, type_, subject, what in self._pending_logs:
+            logger.warning("%s %s %s: %s", kind, type_, subject, what)
+        self._pending_logs.clear()
+
     def recover(self, store: Store) -> None:
         """A transaction was rolled back after the engine and workflow had applied part of it: reload
         both from what the store holds (the last saved rule state, the open fire events and hazards),
@@ -135,6 +141,7 @@ class WorkflowHooks(Hooks):
         self.workflow = Workflow(self.catalog)
         self._loaded = False
         self._last_snapshot_ms = 0
+        self._pending_logs.clear()
 
     def save(self, store: Store, now_ms: int) -> None:
         WorkflowStore(store.conn).save_rule_state(self.engine.snapshot(), now_ms)

@@ -290,8 +290,11 @@ def _child_main(settings_json: str, subscriptions: list[str], name: str, data: C
     send_lock = threading.Lock()
 
     def send(obj: object) -> None:
-        with send_lock:
-            data.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            with send_lock:
+                data.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, ValueError):  # the gateway is gone (killed): leave at once, acknowledging nothing
+            os._exit(0)
 
     try:
         receiver.start()

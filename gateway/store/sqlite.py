@@ -27,6 +27,8 @@ __all__ = ["DEAD_LETTER_KEEP_BYTES", "Store", "StoredReading"]
 
 #: A dead letter keeps at most this much of its payload (with the real size and a digest).
 DEAD_LETTER_KEEP_BYTES = 4096
+#: The WAL file is truncated to this when it is reset after a checkpoint.
+WAL_KEEP_BYTES = 16 * 1_048_576
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Store:
         self._synchronous = synchronous
         self._readonly = readonly
         self._conn: sqlite3.Connection | None = None
+        self._manual_checkpoints = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -85,17 +88,47 @@ class Store:
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot b-trees stay in memory
             conn.execute("PRAGMA mmap_size=268435456")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")  # a reset WAL shrinks to this
+            if self._manual_checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise ConfigError(f"{self.path}: store.path: cannot open the store: {exc}") from exc
         self._conn = conn
         if not self._readonly:
-            self._migrate()
+            try:
+                self._migrate()
+            except BaseException:
+                self._conn = None
+                conn.close()
+                raise
         return self
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def reopen(self) -> None:
+        """A fresh connection (after a write failed: SQLite opens a file it may not write read-only
+        without a word and keeps it so, even once the file is writable again). The old connection
+        stays in use when a new one cannot be opened."""
+        old = self._conn
+        self._conn = None
+        try:
+            self.open()
+        except BaseException:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = old
+            raise
+        if old is not None:
+            old.close()
+
+    def manual_checkpoints(self) -> None:
+        """This connection never checkpoints the WAL itself (the committer's checkpointer does, apart);
+        kept across :meth:`reopen`."""
+        self._manual_checkpoints = True
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
 
     def __enter__(self) -> Store:
         return self.open()
@@ -111,7 +144,8 @@ class Store:
 
     def _migrate(self) -> None:
         conn = self.conn
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
