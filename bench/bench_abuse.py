@@ -7,7 +7,7 @@ different one-key alarm button every ``--every`` seconds. Two phases of ``--dura
 1. **quiet**: only that traffic;
 2. **abuse**: the same traffic, plus six viewers posting ~200 KB of nested YAML to the profile dry run
    in a loop (``--abusers``), and ``--idle`` idle TCP connections held open against the API (reopened
-   whenever the gateway closes one).
+   whenever the gateway closes one), from a process of their own (so the presser's clock is clean).
 
 Latency = the receiver's arrival time of the fire event's ``opened`` webhook minus the publish time
 (same host clock). Ingest = messages committed per second during the phase (``firegw stats``).
@@ -110,20 +110,48 @@ class Abuse:
         for s in socks:
             s.close()
 
-    def start(self) -> None:
+    def run_until(self, stop: Any, out: Any) -> None:
+        """In the abuse process: hammer until ``stop`` (a multiprocessing event) is set."""
         self.threads = [threading.Thread(target=self._viewer, daemon=True) for _ in range(self.abusers)]
         self.threads.append(threading.Thread(target=self._crowd, daemon=True))
         for t in self.threads:
             t.start()
-
-    def end(self) -> None:
+        stop.wait()
         self.stop.set()
         for t in self.threads:
             t.join(30)
+        out.put({"codes": self.codes, "held": self.held_max})
+
+
+def _abuse_main(api: str, abusers: int, idle: int, stop: Any, out: Any) -> None:
+    Abuse(api, abusers, idle).run_until(stop, out)
+
+
+class AbuseProcess:
+    """The abuse in a process of its own, so its threads never hold up the alarm presser's clock."""
+
+    def __init__(self, api: str, abusers: int, idle: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._out: Any = ctx.Queue()
+        self._proc = ctx.Process(target=_abuse_main, args=(api, abusers, idle, self._stop, self._out), daemon=True)
+        self.codes: dict[int, int] = {}
+        self.held_max = 0
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def end(self) -> None:
+        self._stop.set()
+        result = self._out.get(timeout=60)
+        self._proc.join(30)
+        self.codes, self.held_max = result["codes"], result["held"]
 
 
 def _phase(name: str, args: argparse.Namespace, env: dict[str, str], broker: Mosquitto, site: str,
-           buttons: list[str], abuse: Abuse | None) -> dict[str, Any]:
+           buttons: list[str], abuse: AbuseProcess | None) -> dict[str, Any]:
     fleet = subprocess.Popen([sys.executable, "-m", "simulators", "fleet", "--broker", broker.url, "--devices",
                               str(args.devices), "--rate", str(args.bulk_rate / args.devices), "--duration",
                               str(args.duration + 2), "--seed", "3", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE)
@@ -219,7 +247,7 @@ def main() -> int:
             time.sleep(0.1)
         quiet = _phase("quiet", args, env, broker, site, buttons["quiet"], None)
         abuse = _phase("abuse", args, env, broker, site, buttons["abuse"],
-                       Abuse(f"http://{api}", args.abusers, args.idle))
+                       AbuseProcess(f"http://{api}", args.abusers, args.idle))
         lat_q = _latencies(receiver_url, quiet["sent"])
         lat_a = _latencies(receiver_url, abuse["sent"])
     finally:

@@ -169,6 +169,8 @@ class Gateway:
             result: list[dict[str, Any]] = await asyncio.wrap_future(committer.call(fn))
             return result
 
+        main_loop = asyncio.get_running_loop()
+
         async def admin(op: str, args: dict[str, Any]) -> Any:
             now = int(time.time() * 1000)
             if op == "override":
@@ -178,8 +180,10 @@ class Gateway:
             if op == "inspection":
                 return await asyncio.wrap_future(committer.call(lambda store: hooks.record_inspection(
                     store, args["site_id"], args["actor"], args["note"], now)))
-            if op == "activate_profile":
-                return await self.activate_profile(args["name"], args["yaml"], args["actor"])
+            if op == "activate_profile":  # on the gateway's own loop (the API runs on a loop of its own)
+                fut = asyncio.run_coroutine_threadsafe(self.activate_profile(args["name"], args["yaml"], args["actor"]),
+                                                       main_loop)
+                return await asyncio.wrap_future(fut)
             raise ValueError(op)
 
         ctx = ApiContext(settings=self.settings, health=self.health, catalog=lambda: self.catalog,

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.api.auth import Caller, Role, TokenBook
-from gateway.api.guard import AuthFailures, Guard, guarded_protocol
+from gateway.api.guard import AcceptGate, AuthFailures, Guard, guarded_protocol
 from gateway.api.sandbox import Sandbox, SandboxBusy, SandboxLimit
 from gateway.errors import ConfigError, TransitionError
 from gateway.health import Health
@@ -542,11 +543,13 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
-    """uvicorn inside the gateway's event loop, on a socket the gateway binds itself.
+    """uvicorn on an event loop and thread of its own, on a socket the gateway binds itself.
 
-    The API is a guest of the process: when it cannot bind (its port taken, say) it logs once, shows
-    ``api`` failing in health, and retries with backoff (1 s doubling to 30 s) while ingestion goes
-    on; when the port frees, it serves with no restart. uvicorn never binds (it would ``sys.exit``).
+    The API is a guest of the process. Its loop is not the gateway's: a flood of connections or
+    requests costs the API's loop, never the loop that delivers webhooks and forwards readings.
+    When it cannot bind (its port taken, say) it logs once, shows ``api`` failing in health, and
+    retries with backoff (1 s doubling to 30 s) while ingestion goes on; when the port frees, it
+    serves with no restart. uvicorn never binds (it would ``sys.exit``).
     """
 
     RETRY_MIN_S = 1.0
@@ -556,12 +559,15 @@ class ApiServer:
         self.ctx = ctx
         self.app = create_app(ctx)
         self._stage = ctx.health.stage("api")
-        self._stopping = False
+        self._stopping = threading.Event()
         self._server: _Server | None = None
+        self._gate = AcceptGate()
 
     def _new_server(self) -> _Server:
         s = self.ctx.settings.api
-        protocol = guarded_protocol(max_connections=s.max_connections, header_timeout_s=s.header_timeout_s)
+        self._gate = AcceptGate()
+        protocol = guarded_protocol(max_connections=s.max_connections, header_timeout_s=s.header_timeout_s,
+                                    gate=self._gate)
         return _Server(uvicorn.Config(self.app, log_level="critical", access_log=False, lifespan="off",
                                       http=protocol, timeout_keep_alive=max(1, int(s.keepalive_s)),
                                       h11_max_incomplete_event_size=16_384, server_header=False,
@@ -582,37 +588,78 @@ class ApiServer:
         return sock
 
     async def run(self) -> None:
+        """Serve (on the API's own thread) until :meth:`stop`; a service of the gateway's loop."""
+        self._stopping.clear()  # a restart by the supervisor after a failure serves again
+        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        def settle(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def main() -> None:
+            failure: BaseException | None = None
+            try:
+                asyncio.run(self._serve())
+            except BaseException as exc:  # reported to the service's task; the supervisor restarts it
+                failure = exc if isinstance(exc, Exception) else RuntimeError(f"API thread ended: {exc!r}")
+            loop.call_soon_threadsafe(settle, failure)
+
+        thread = threading.Thread(target=main, name="firegw-api", daemon=True)
+        thread.start()
+        try:
+            await done
+        finally:
+            self.stop()
+            await asyncio.to_thread(thread.join, 10)
+
+    async def _serve(self) -> None:
         listen = self.ctx.settings.api.listen
         delay = self.RETRY_MIN_S
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
                 sock = self._bind()
             except OSError as exc:
                 reason = f"cannot listen on {listen}: {exc.strerror or exc}; the API is not serving, ingestion goes on"
                 if self._stage.fail(reason + f"; retrying (backoff up to {self.RETRY_MAX_S:.0f} s)"):
                     self._stage.connected = False
-                await asyncio.sleep(delay)
+                await asyncio.to_thread(self._stopping.wait, delay)
                 delay = min(delay * 2, self.RETRY_MAX_S)
                 continue
             delay = self.RETRY_MIN_S
             server = self._server = self._new_server()
+            if self._stopping.is_set():  # a stop that came while binding
+                server.should_exit = True
             if self._stage.failing is not None:
                 logger.info("api: %s is free again", listen)
             self._stage.ok()
             self._stage.set_connected(True)
             logger.info("api: serving on %s", listen)
+            gate = self._gate
+            watch = asyncio.create_task(self._hand_servers_to_the_gate(server, gate))
             try:
                 await server.serve(sockets=[sock])
             except (Exception, SystemExit) as exc:  # never let uvicorn end the gateway
                 self._stage.fail(f"the API server stopped: {exc!r}; restarting")
                 self._stage.connected = False
             finally:
+                watch.cancel()
                 sock.close()
-            if not self._stopping:
-                await asyncio.sleep(delay)
+            if not self._stopping.is_set():
+                await asyncio.to_thread(self._stopping.wait, delay)
+
+    @staticmethod
+    async def _hand_servers_to_the_gate(server: _Server, gate: AcceptGate) -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        gate.servers = list(getattr(server, "servers", []))
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         if self._server is not None:
             self._server.should_exit = True
         sandbox = getattr(self.app.state, "sandbox", None)

@@ -4,7 +4,8 @@ Parsing and validating a pasted profile is the one API request whose cost a clie
 nested thousands deep, aliases that multiply, a huge sample). In the gateway's process it would
 hold the GIL that the committer needs: six viewers pasting 200 KB of nested YAML once took
 alarm-to-webhook latency from 0.06 s to 23 s. Here it runs in one lower-priority worker process
-with limits on time, memory and queue, so the committer's throughput and alarm latency do not move:
+(scheduled ``SCHED_IDLE``: it runs only on a CPU that would otherwise idle) with limits on time,
+memory and queue, so the committer's throughput and alarm latency do not move:
 
 - one request at a time; at most ``max_waiting`` more wait, and one per caller; beyond that
   :class:`SandboxBusy` (429), which the API answers before it reads the request's body;
@@ -48,10 +49,13 @@ def _worker(conn: Connection, memory_mb: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ValueError, OSError):  # not allowed here: the time limit still holds
         pass
-    try:
-        os.nice(10)  # the gateway's own work goes first
-    except OSError:
-        pass
+    try:  # the gateway's own work goes first: run only when a CPU would otherwise idle
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
     from gateway.api.dryrun import dry_run
 
     conn.send(("ready", None))  # imports done: request time limits start from here
