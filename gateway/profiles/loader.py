@@ -2,6 +2,8 @@
 
 ``load_catalog`` returns a :class:`Catalog` (profiles by name, the inventory, lookup tables) or
 raises :class:`ConfigError` whose ``problems`` are lines ``file: field.path: what is wrong``.
+:func:`validate_rules` is the cross-check of declared rules against a profile's points that those
+lines include (the rule schema itself is :mod:`gateway.profiles.rule_spec`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import ConfigError
+from gateway.models import Value
 from gateway.profiles.models import Device, Inventory, Profile, Site
-from gateway.rules.spec import validate_rules
+from gateway.profiles.rule_spec import (
+    AnyRule,
+    EventRule,
+    RateOfChangeRule,
+    StateHeldRule,
+    StuckRule,
+    ThresholdRule,
+)
 
 _M = TypeVar("_M", bound=BaseModel)
 
 __all__ = ["Catalog", "check_paths", "format_validation_error", "load_catalog", "load_inventory", "load_profile",
-           "load_profiles", "parse_yaml", "profile_json_schema"]
+           "load_profiles", "parse_yaml", "profile_json_schema", "validate_rules"]
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -289,3 +299,66 @@ def check_paths(paths: Sequence[Path]) -> list[str]:
 
 def profile_json_schema() -> str:
     return json.dumps(Profile.model_json_schema(by_alias=True), indent=2, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------------------- rules against points
+
+
+def _type_ok(value: Value, vtype: str) -> bool:
+    if vtype == "bool":
+        return isinstance(value, bool)
+    if vtype == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if vtype == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def validate_rules(rules: Sequence[AnyRule], profile: Profile, where: str = "rules") -> list[str]:
+    """Problems of rules against a profile's points, one line each: ``rules[2].point: what is wrong``."""
+    problems: list[str] = []
+    names = ", ".join(p.name for p in profile.points)
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rules):
+        at = f"{where}[{i}]"
+        if r.id in seen:
+            problems.append(f"{at}.name: rule id {r.id!r} is already used by {where}[{seen[r.id]}]; "
+                            "give one of them a name")
+        seen[r.id] = i
+        pname = getattr(r, "point", None)
+        if pname is None:
+            continue
+        point = profile.point(pname)
+        if point is None:
+            problems.append(f"{at}.point: unknown point {pname!r} (profile {profile.profile} has: {names})")
+            continue
+        numeric = point.type in ("int", "float")
+        if isinstance(r, ThresholdRule | RateOfChangeRule | StuckRule) and not numeric:
+            problems.append(f"{at}.point: a {r.kind} rule needs a numeric point; {pname!r} is {point.type}")
+        if isinstance(r, EventRule):
+            if r.equals is not None and not _type_ok(r.equals, point.type):
+                problems.append(f"{at}.equals: {r.equals!r} is not a {point.type} (point {pname!r} is "
+                                f"{point.type})")
+            if r.test_point is not None:
+                tp = profile.point(r.test_point)
+                if tp is None:
+                    problems.append(f"{at}.test_point: unknown point {r.test_point!r} (profile "
+                                    f"{profile.profile} has: {names})")
+                elif tp.type != "bool":
+                    problems.append(f"{at}.test_point: {r.test_point!r} must be a bool point, not {tp.type}")
+        if isinstance(r, StateHeldRule):
+            field, value = ("value", r.value) if r.value is not None else ("not_value", r.not_value)
+            assert value is not None
+            if not _type_ok(value, point.type):
+                problems.append(f"{at}.{field}: {value!r} is not a {point.type} (point {pname!r} is "
+                                f"{point.type})")
+            elif point.enum and isinstance(value, int) and value not in point.enum:
+                problems.append(f"{at}.{field}: {value!r} is not one of the codes of {pname!r}: "
+                                + ", ".join(f"{k} {v}" for k, v in point.enum.items()))
+        if isinstance(r, ThresholdRule) and numeric and point.range is not None:
+            lo, hi = point.range
+            if not lo <= r.limit <= hi:
+                side = "below" if r.below is not None else "above"
+                problems.append(f"{at}.{side}: {r.limit} is outside the "
+                                f"physical range [{lo}, {hi}] of {pname!r}; it would trip always or never")
+    return problems

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.models import PointClass, Value
+from gateway.profiles.rule_spec import RuleSpec, SiteRules
 from gateway.profiles.units import CANONICAL_UNITS, conversion, known_unit
-from gateway.rules.spec import RuleSpec, SiteRules
 
 __all__ = [
     "DOMAINS",
