@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from simulators.broker import Mosquitto, free_port
+from simulators.launch import PumpRoomProcess, SimulatorProcess, WorkflowReceiverProcess, stop_process
 
 __all__ = ["run_demo"]
 
@@ -65,15 +66,6 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _wait_line(path: Path, text: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: float = 1.0,
              workflow: str = "record") -> int:
     from gateway.pipeline import Gateway
@@ -89,18 +81,18 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
     setup_logging(logging.WARNING, filename=str(workdir / "gateway.log"))
     broker = Mosquitto(workdir / "broker").start()
     procs: list[subprocess.Popen[bytes]] = []
-    modbus_port = free_port()
-    fleet_inv, pump_inv = workdir / "fleet-inventory.yaml", workdir / "pumproom-inventory.yaml"
+    sims: list[SimulatorProcess] = []
+    fleet_inv = workdir / "fleet-inventory.yaml"
+    pumps = PumpRoomProcess(workdir, devices=2)
+    pump_inv = pumps.inventory
     try:
         subprocess.run([sys.executable, "-m", "simulators", "fleet", "--devices", str(devices),
                         "--write-inventory", str(fleet_inv), "--duration", "0"], check=True, cwd=ROOT,
                        capture_output=True)
-        has_pumproom = (ROOT / "simulators" / "pumproom.py").exists()
-        if has_pumproom:
-            procs.append(_spawn(["pumproom", "--port", str(modbus_port), "--devices", "2",
-                                 "--write-inventory", str(pump_inv)], workdir / "pumproom.log"))
-            if not _wait_line(workdir / "pumproom.log", "listening", 20):
-                print("demo: the pump-room simulator did not start; see", workdir / "pumproom.log")
+        try:
+            sims.append(pumps.start())
+        except RuntimeError as exc:
+            print(f"demo: the pump-room simulator did not start ({exc}); see", workdir / "pumproom.log")
         inv = workdir / "inventory.yaml"
         inv.write_text(yaml.safe_dump(_merge_inventories(fleet_inv, pump_inv), allow_unicode=True, sort_keys=False),
                        encoding="utf-8")
@@ -111,15 +103,14 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
             {"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]}}))
         _write_private(workdir / "tokens.txt", "".join(f"{role} {tok}\n" for role, tok in tokens.items()))
         api_port = 8080 if _port_free(8080) else free_port()
-        hook_port = free_port()
         hook_secret = secrets.token_urlsafe(18)
-        procs.append(_spawn(["workflow", "--listen", f"127.0.0.1:{hook_port}", "--scenario", workflow,
-                             "--api", f"http://127.0.0.1:{api_port}"], workdir / "workflow.log",
-                            env={"FIREGW_WEBHOOK__SECRET": hook_secret, "FIREGW_WORKFLOW_TOKEN": tokens["operator"]}))
-        _wait_line(workdir / "workflow.log", "listening", 20)
+        receiver = WorkflowReceiverProcess(secret=hook_secret, scenario=workflow, api=f"http://127.0.0.1:{api_port}",
+                                           token=tokens["operator"], log=workdir / "workflow.log")
+        sims.append(receiver.start())
+        hook = receiver.url
         settings = load_settings(config, env={**os.environ, "FIREGW_MQTT__URL": broker.url,
                                             "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
-                                            "FIREGW_WEBHOOK__URL": f"http://127.0.0.1:{hook_port}/events",
+                                            "FIREGW_WEBHOOK__URL": f"{hook}/events",
                                             "FIREGW_WEBHOOK__SECRET": hook_secret,
                                             "FIREGW_STORE__PATH": str(db), "FIREGW_INVENTORY": str(inv),
                                             "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
@@ -133,7 +124,7 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         print(f"  viewer token:   {tokens['viewer']}")
         print(f"  operator token: {tokens['operator']}")
         print(f"  admin token:    {tokens['admin']}")
-        print(f"  grid workflow receiver (scenario {workflow}): http://127.0.0.1:{hook_port}/received", flush=True)
+        print(f"  grid workflow receiver (scenario {workflow}): {hook}/received", flush=True)
         fleet_seconds = duration if duration is not None else 24 * 3600
         procs.append(_spawn(["fleet", "--broker", broker.url, "--devices", str(devices), "--rate", str(rate),
                              "--duration", str(fleet_seconds), "--scenario", "button-alarm",
@@ -170,11 +161,7 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         return 0
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_process(p)
+        for sim in sims:
+            sim.stop()
         broker.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from gateway.store.sqlite import Store
+from simulators.launch import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "device_profiles"
@@ -116,17 +117,12 @@ class GatewayProc:
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"gateway did not stop within {timeout}s:\n{self.log()[-2000:]}") from None
-        rc = self.proc.returncode
+        running = self.proc.poll() is None
+        rc = stop_process(self.proc, timeout)
         self.proc = None
-        return rc
+        if running and rc == -signal.SIGKILL:
+            raise AssertionError(f"gateway did not stop within {timeout}s:\n{self.log()[-2000:]}")
+        return rc or 0
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +28,7 @@ import yaml
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from simulators.broker import Mosquitto, free_port
+from simulators.launch import PumpRoomProcess, stop_process
 from tests.support import PYTHON, ROOT, GatewayProc, wait_for, write_inventory
 
 TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789"}
@@ -50,66 +49,11 @@ FIRE_LATENCY_S = 2.0
 
 
 @dataclass
-class PumpRoomSim:
-    """``python -m simulators pumproom`` with its control socket."""
-
-    workdir: Path
-    devices: int = 2
-    proc: subprocess.Popen[str] | None = None
-    control_port: int = 0
-    inventory: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.inventory = self.workdir / "pumproom-inventory.yaml"
-
-    def start(self) -> PumpRoomSim:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "simulators", "pumproom", "--port", "0", "--devices", str(self.devices), "--control", "0",
-             "--write-inventory", str(self.inventory)], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the ready line comes after the inventory is written
-        m = re.search(r"listening on 127\.0\.0\.1:\d+.*control on 127\.0\.0\.1:(\d+)", line)
-        assert m, f"pump-room simulator did not start: {line!r}"
-        self.control_port = int(m[1])
-        return self
-
-    def command(self, cmd: str) -> str:
-        """Send one control command; returns its ``ok ...`` line (fails on ``error: ...``)."""
-        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as sock:
-            sock.sendall(cmd.encode() + b"\n")
-            buf = b""
-            while True:
-                chunk = sock.recv(4096)
-                assert chunk, f"control socket closed before answering {cmd!r}"
-                buf += chunk
-                for line in buf.decode(errors="replace").splitlines():
-                    if line.startswith("error"):
-                        raise AssertionError(f"{cmd}: {line}")
-                    if line.startswith("ok"):
-                        return line
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@dataclass
 class Stack:
     """Broker, pump room and gateway, with the dashboard at ``base``."""
 
     broker: Mosquitto
-    pumps: PumpRoomSim
+    pumps: PumpRoomProcess
     gateway: GatewayProc
     base: str
 
@@ -148,7 +92,7 @@ def _site_rules(data: dict[str, Any]) -> None:
 def start_stack(workdir: Path) -> Stack:
     """Start the whole stack in ``workdir`` (also used by hand: see the module docstring)."""
     broker = Mosquitto(workdir / "broker").start()
-    pumps = PumpRoomSim(workdir / "pumproom")
+    pumps = PumpRoomProcess(workdir / "pumproom")
     gw: GatewayProc | None = None
     try:
         pumps.start()
@@ -226,16 +170,8 @@ class Fleet:
         return self.alarm
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 30)
         self.reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def start_fleet(stack: Stack, *, duration: float, alarm_at: float) -> Fleet:

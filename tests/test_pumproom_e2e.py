@@ -3,10 +3,6 @@ process, rules and hazards read back through the CLI."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,42 +11,24 @@ from typing import Any
 import yaml
 
 from gateway.store.sqlite import Store
-from simulators.broker import free_port
-from tests.support import ROOT, GatewayProc, wait_for
-
-
-def _cli(gw: GatewayProc, *args: str) -> Any:
-    env = {**os.environ, "FIREGW_STORE__PATH": str(gw.db), **gw.env}
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--json"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, check=True)
-    return json.loads(out.stdout)
+from simulators.launch import PumpRoomProcess
+from tests.support import GatewayProc, wait_for
 
 
 @contextmanager
 def pumproom(tmp: Path, scenario: str, tweak: Callable[[dict[str, Any]], None], *extra: str,
-             steps: Sequence[str] = ()) -> Iterator[tuple[Any, Path]]:
+             steps: Sequence[str] = ()) -> Iterator[tuple[PumpRoomProcess, Path]]:
     """The simulator with 2 cabinets (plus ``extra`` arguments, and ``steps`` run at once), its inventory
     written and passed through ``tweak``."""
-    port = free_port()
-    inv = tmp / "inventory.yaml"
     if steps:
         (tmp / "steps.yaml").write_text(yaml.safe_dump({"steps": [{"at": 0, "do": c} for c in steps]}))
         extra = (*extra, "--scenario-file", str(tmp / "steps.yaml"))
-    log = (tmp / "pumproom.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "simulators", "pumproom", "--port", str(port), "--devices", "2",
-                             "--scenario", scenario, "--write-inventory", str(inv), *extra], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "listening" in (tmp / "pumproom.log").read_text(), 20, "pump room simulator")
+    with PumpRoomProcess(tmp / "pumproom", scenario=scenario, args=extra).start() as room:
+        inv = room.inventory
         data = yaml.safe_load(inv.read_text(encoding="utf-8"))
         tweak(data)
         inv.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-        yield proc, inv
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
-        log.close()
+        yield room, inv
 
 
 def _gateway(tmp: Path, inv: Path) -> GatewayProc:
@@ -59,7 +37,7 @@ def _gateway(tmp: Path, inv: Path) -> GatewayProc:
 
 
 def _open(gw: GatewayProc, rule: str) -> list[dict[str, Any]]:
-    return [h for h in _cli(gw, "hazards", "--open") if h["rule"] == rule]
+    return [h for h in gw.cli("hazards", "--open") if h["rule"] == rule]
 
 
 def test_pump_that_fails_to_start_gives_a_critical_hazard_within_the_limit(tmp_path: Path) -> None:
@@ -71,16 +49,16 @@ def test_pump_that_fails_to_start_gives_a_critical_hazard_within_the_limit(tmp_p
         try:
             # the physics: pressure falls, the pressure switch closes, and no pump runs
             wait_for(lambda: any(r["metric"] == "pressure_switch" and r["value"] is True
-                                 for r in _cli(gw, "readings", "cabinet-001", "--metric", "pressure_switch")),
+                                 for r in gw.cli("readings", "cabinet-001", "--metric", "pressure_switch")),
                      20, "pressure switch closed")
-            readings = _cli(gw, "readings", "cabinet-001")
+            readings = gw.cli("readings", "cabinet-001")
             assert {"metric", "value", "unit", "ts", "quality"} <= set(readings[0])
             hz = wait_for(lambda: _open(gw, "pump_start"), 20, "pump failed to start hazard")
             assert hz[0]["severity"] == "critical" and hz[0]["tier"] == "enforcement"
             assert hz[0]["class"] == "pump_failure"
-            switch_at = min(r["ts"] for r in _cli(gw, "readings", "cabinet-001", "--metric", "pressure_switch")
+            switch_at = min(r["ts"] for r in gw.cli("readings", "cabinet-001", "--metric", "pressure_switch")
                             if r["value"] is True)
-            assert not any(r["value"] is True for r in _cli(gw, "readings", "cabinet-001", "--metric", "pump1_run")
+            assert not any(r["value"] is True for r in gw.cli("readings", "cabinet-001", "--metric", "pump1_run")
                            if r["ts"] > switch_at)
         finally:
             gw.stop()
@@ -93,9 +71,9 @@ def test_standby_pump_takes_over_and_no_critical_hazard(tmp_path: Path) -> None:
     with pumproom(tmp_path, "standby-takes-over", short_limit) as (_, inv):
         gw = _gateway(tmp_path, inv)
         try:
-            wait_for(lambda: any(r["value"] is True for r in _cli(gw, "readings", "cabinet-001", "--metric",
+            wait_for(lambda: any(r["value"] is True for r in gw.cli("readings", "cabinet-001", "--metric",
                                                                   "pump2_run")), 20, "standby pump running")
-            wait_for(lambda: [h for h in _cli(gw, "hazards", "--open") if h["device_id"] == "cabinet-001"
+            wait_for(lambda: [h for h in gw.cli("hazards", "--open") if h["device_id"] == "cabinet-001"
                               and h["class"] == "fault"], 15, "the duty pump's start failure as a fault hazard")
             assert _open(gw, "pump_start") == []
         finally:
@@ -114,23 +92,22 @@ def test_cabinet_left_in_manual_gives_a_supervisory_hazard_and_turns_the_site_ye
             hz = wait_for(lambda: _open(gw, "pump1_not_auto"), 20, "cabinet in manual hazard")
             assert hz[0]["class"] == "supervisory" and hz[0]["state"] == "confirmed"  # a hard rule
             assert hz[0]["device_id"] == "cabinet-001"
-            sites = _cli(gw, "sites")
+            sites = gw.cli("sites")
             assert sites[0]["code"] == "yellow" and sites[0]["next_inspection_due"]
         finally:
             gw.stop()
 
 
 def test_dropped_link_gives_one_hazard_for_the_link_not_one_per_device(tmp_path: Path) -> None:
-    with pumproom(tmp_path, "normal", lambda d: None) as (proc, inv):
+    with pumproom(tmp_path, "normal", lambda d: None) as (room, inv):
         gw = _gateway(tmp_path, inv)
         try:
-            wait_for(lambda: len(_cli(gw, "readings", "cabinet-002")) > 0, 20, "cabinet 2 polled")
-            proc.terminate()
-            proc.wait(10)
+            wait_for(lambda: len(gw.cli("readings", "cabinet-002")) > 0, 20, "cabinet 2 polled")
+            room.stop()
             link = wait_for(lambda: _open(gw, "link_down"), 30, "link down hazard")
             assert len(link) == 1 and link[0]["device_id"].startswith("127.0.0.1:")
             assert _open(gw, "offline") == []
-            st = _cli(gw, "stats")
+            st = gw.cli("stats")
             assert st["devices_unreachable"] >= 4  # two cabinets, the tank and the panel behind the link
         finally:
             gw.stop()
@@ -151,21 +128,21 @@ def test_slow_unit_behind_a_sequential_server_never_makes_its_neighbour_unreacha
         try:
             wait_for(lambda: _device_status(gw).get("cabinet-001") == "unreachable", 30, "the slow unit unreachable")
             healthy = ("cabinet-002", "tank-1", "panel-1")
-            n = {d: len(_cli(gw, "readings", d)) for d in healthy}
+            n = {d: len(gw.cli("readings", d)) for d in healthy}
             # polls go on: the healthy cabinet's keepalive is 60 s, so wait for a value that changes
-            wait_for(lambda: len(_cli(gw, "readings", "cabinet-002", "--metric", "outlet_pressure"))
+            wait_for(lambda: len(gw.cli("readings", "cabinet-002", "--metric", "outlet_pressure"))
                      > n["cabinet-002"] // 40 + 3, 20, "more pressure readings of the healthy cabinet")
             status = _device_status(gw)
             assert status["cabinet-001"] == "unreachable"
             assert all(status[d] == "online" for d in healthy), status
             for d in healthy:
-                readings = _cli(gw, "readings", d)
+                readings = gw.cli("readings", d)
                 assert readings and all(r["quality"] != "missing" for r in readings), d
             log = gw.log()
             unreachable = [line for line in log.splitlines() if "unreachable" in line]
             assert len(unreachable) == 1 and "cabinet-001" in unreachable[0], unreachable
             assert "pymodbus" not in log
-            offline = [h["device_id"] for h in _cli(gw, "hazards") if h["rule"] == "offline"]
+            offline = [h["device_id"] for h in gw.cli("hazards") if h["rule"] == "offline"]
             assert set(offline) <= {"cabinet-001"}, offline
         finally:
             gw.stop()
@@ -178,22 +155,22 @@ def test_registers_a_device_lacks_split_the_read_and_give_one_hazard(tmp_path: P
     with pumproom(tmp_path, "normal", lambda d: None, steps=["lack 1 holding 7 9", "lack 2 holding 2 4"]) as (_, inv):
         gw = _gateway(tmp_path, inv)
         try:
-            hz = wait_for(lambda: [h for h in _cli(gw, "hazards", "--open") if h["rule"] == "points_unreadable"],
+            hz = wait_for(lambda: [h for h in gw.cli("hazards", "--open") if h["rule"] == "points_unreadable"],
                           30, "the unreadable points hazard")
             assert [h["device_id"] for h in hz] == ["cabinet-002"]
             assert hz[0]["title_zh"] and hz[0]["title_en"]
             modes = {"pump1_mode", "pump2_mode", "jockey_mode"}
             for device, lacking in (("cabinet-001", set()), ("cabinet-002", modes)):
-                metrics = {r["metric"] for r in _cli(gw, "readings", device)}
+                metrics = {r["metric"] for r in gw.cli("readings", device)}
                 for m in ("pump1_run", "main_power", "duty_pump", "start_delay", "pressure_switch", "outlet_pressure"):
                     assert m in metrics, (device, m)
                 assert not metrics & lacking, device
-            assert "pump1_mode" in {r["metric"] for r in _cli(gw, "readings", "cabinet-001")}
-            dead = [d for d in _cli(gw, "dead-letters") if d["device_id"] == "cabinet-002"]
+            assert "pump1_mode" in {r["metric"] for r in gw.cli("readings", "cabinet-001")}
+            dead = [d for d in gw.cli("dead-letters") if d["device_id"] == "cabinet-002"]
             assert len(dead) == 3 and all("illegal data address" in d["reason"] for d in dead), dead
-            assert not [d for d in _cli(gw, "dead-letters") if d["device_id"] == "cabinet-001"]
-            st = _cli(gw, "stats")
+            assert not [d for d in gw.cli("dead-letters") if d["device_id"] == "cabinet-001"]
+            st = gw.cli("stats")
             assert st["devices_unreachable"] == 0
-            assert len([h for h in _cli(gw, "hazards", "--open") if h["rule"] == "points_unreadable"]) == 1
+            assert len([h for h in gw.cli("hazards", "--open") if h["rule"] == "points_unreadable"]) == 1
         finally:
             gw.stop()

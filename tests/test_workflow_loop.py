@@ -4,8 +4,6 @@ gateway is killed mid-delivery."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +13,8 @@ import httpx
 import yaml
 
 from simulators.broker import Mosquitto, free_port
-from tests.support import ROOT, GatewayProc, run_fleet, wait_for, write_inventory
+from simulators.launch import PumpRoomProcess, WorkflowReceiverProcess
+from tests.support import GatewayProc, run_fleet, wait_for, write_inventory
 
 SECRET = "loop-secret-0123456789"
 OPERATOR = "loop-operator-token-0123456789"
@@ -23,18 +22,9 @@ OPERATOR = "loop-operator-token-0123456789"
 
 @contextmanager
 def receiver(tmp: Path, scenario: str, api: str, *extra: str) -> Iterator[str]:
-    port = free_port()
-    log = (tmp / f"workflow-{port}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "simulators", "workflow", "--listen", f"127.0.0.1:{port}",
-                             "--secret", SECRET, "--scenario", scenario, "--api", api, "--token", OPERATOR, *extra],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "listening" in (tmp / f"workflow-{port}.log").read_text(), 15, "workflow receiver")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+    with WorkflowReceiverProcess(secret=SECRET, scenario=scenario, api=api, token=OPERATOR, args=extra,
+                                 log=tmp / f"workflow-{scenario}.log").start() as rx:
+        yield rx.url
 
 
 def _gateway(tmp: Path, inv: Path, broker: Mosquitto | None, hook: str, api_port: int) -> GatewayProc:
@@ -85,15 +75,8 @@ def test_button_alarm_is_acknowledged_and_resolved_by_the_station(tmp_path: Path
 
 
 def test_cabinet_in_manual_goes_through_the_whole_hazard_loop_back_to_green(tmp_path: Path) -> None:
-    port = free_port()
-    inv = tmp_path / "inventory.yaml"
-    ctl = free_port()
-    log = (tmp_path / "pumproom.log").open("wb")
-    sim = subprocess.Popen([sys.executable, "-m", "simulators", "pumproom", "--port", str(port), "--devices", "1",
-                            "--control", str(ctl), "--write-inventory", str(inv)], cwd=ROOT, stdout=log,
-                           stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "listening" in (tmp_path / "pumproom.log").read_text(), 20, "pump room")
+    with PumpRoomProcess(tmp_path / "pumproom", devices=1).start() as room:
+        inv = room.inventory
         data = yaml.safe_load(inv.read_text())
         for d in data["devices"]:
             if d["profile"] == "fire-pump-cabinet":
@@ -105,15 +88,10 @@ def test_cabinet_in_manual_goes_through_the_whole_hazard_loop_back_to_green(tmp_
         with receiver(tmp_path, "ack-resolve", f"http://127.0.0.1:{api_port}") as hook:
             gw = _gateway(tmp_path, inv, None, hook, api_port).start()
             try:
-                import socket
-
-                with socket.create_connection(("127.0.0.1", ctl), timeout=5) as c:
-                    c.sendall(b"fault 1 manual\n")
-                    c.recv(1000)
-                    wait_for(lambda: "opened" in _types(hook, "hazard", lambda b: b["hazard"]["rule"] ==
-                                                        "pump1_not_auto"), 20, "the manual-mode hazard delivered")
-                    c.sendall(b"clear 1\n")  # the cabinet is put back in automatic: the condition ends
-                    c.recv(1000)
+                room.command("fault 1 manual")
+                wait_for(lambda: "opened" in _types(hook, "hazard", lambda b: b["hazard"]["rule"] ==
+                                                    "pump1_not_auto"), 20, "the manual-mode hazard delivered")
+                room.command("clear 1")  # the cabinet is put back in automatic: the condition ends
 
                 def loop_done() -> list[str]:
                     types = _types(hook, "hazard", lambda b: b["hazard"]["rule"] == "pump1_not_auto")
@@ -127,10 +105,6 @@ def test_cabinet_in_manual_goes_through_the_whole_hazard_loop_back_to_green(tmp_
                 assert next(s for s in sites if s["site_id"] == site)["code"] == "green"
             finally:
                 gw.stop()
-    finally:
-        sim.terminate()
-        sim.wait(10)
-        log.close()
 
 
 def test_receiver_down_then_back_and_gateway_killed_mid_delivery_lose_nothing(tmp_path: Path,
