@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulators.broker import Mosquitto, free_port  # noqa: E402
 from simulators.fleet import build_devices, inventory_for  # noqa: E402
+from simulators.launch import WorkflowReceiverProcess, stop_process  # noqa: E402
 
 SECRET = "bench-abuse-secret-0123456789"
 VIEWER = "bench-abuse-viewer-0123456789"
@@ -221,10 +222,8 @@ def main() -> int:
                        for bs in buttons.values() for b in bs]
     inv_path = work / "inventory.yaml"
     inv_path.write_text(yaml.safe_dump(inv, allow_unicode=True), encoding="utf-8")
-    receiver = subprocess.Popen([sys.executable, "-m", "simulators", "workflow", "--listen", "127.0.0.1:0",
-                                 "--secret", SECRET], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert receiver.stdout is not None
-    receiver_url = "http://" + receiver.stdout.readline().strip().rsplit(" ", 1)[1]
+    receiver = WorkflowReceiverProcess(secret=SECRET).start()
+    receiver_url = receiver.url
     api = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "FIREGW_MQTT__URL": broker.url, "FIREGW_STORE__PATH": str(work / "firegw.db"),
            "FIREGW_INVENTORY": str(inv_path), "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
@@ -251,10 +250,8 @@ def main() -> int:
         lat_q = _latencies(receiver_url, quiet["sent"])
         lat_a = _latencies(receiver_url, abuse["sent"])
     finally:
-        gw.terminate()
-        gw.wait(30)
-        receiver.terminate()
-        receiver.wait(10)
+        stop_process(gw, 30)
+        receiver.stop()
         broker.stop()
     rows = {
         "alarm→webhook p50 ms": (statistics.median(lat_q), statistics.median(lat_a)),

@@ -25,7 +25,6 @@ import os
 import platform
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +45,7 @@ from gateway.rules.effects import FireSignal  # noqa: E402
 from gateway.settings import GatewaySettings  # noqa: E402
 from gateway.store.sqlite import Store  # noqa: E402
 from gateway.store.workflow import WorkflowStore  # noqa: E402
+from simulators.launch import WorkflowReceiverProcess  # noqa: E402
 
 SECRET = "bench-secret-0123456789"
 
@@ -138,16 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     args = p.parse_args(argv)
     load = os.getloadavg()[0]
-    proc = subprocess.Popen([sys.executable, "-m", "simulators", "workflow", "--listen", "127.0.0.1:0",
-                             "--secret", SECRET], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = "http://" + proc.stdout.readline().strip().rsplit(" ", 1)[1]
-        with tempfile.TemporaryDirectory() as tmp:
-            r = asyncio.run(bench(args, url, Path(tmp)))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with WorkflowReceiverProcess(secret=SECRET).start() as receiver, tempfile.TemporaryDirectory() as tmp:
+        r = asyncio.run(bench(args, receiver.url, Path(tmp)))
     cmd = "python bench/bench_notify.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = f"""# Webhook delivery benchmark
 
