@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
-import re
 import sys
 import tempfile
 import time
@@ -41,45 +39,17 @@ from gateway.profiles.loader import Catalog, load_catalog, load_inventory
 from gateway.profiles.models import Device, Inventory, Site
 from gateway.sources.base import PollBatch
 from gateway.sources.modbus import ModbusSource
+from simulators.launch import PumpRoomProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = "fire-pump-cabinet"
 
 
-async def _start_sim(n: int, inventory: Path, args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, int]:
+def _start_sim(n: int, workdir: Path, args: argparse.Namespace) -> PumpRoomProcess:
     extra = ["--sequential", "--baud", str(args.baud)] if args.sequential else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "simulators",
-        "pumproom",
-        "--port",
-        "0",
-        "--devices",
-        str(n),
-        "--tick",
-        "1.0",
-        "--write-inventory",
-        str(inventory),
-        "--control",
-        "0",
-        *extra,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    m = re.search(r"listening on 127\.0\.0\.1:(\d+).*control on 127\.0\.0\.1:(\d+)", line)
-    if not m:
-        raise SystemExit(f"simulator did not start: {line!r}")
-    reader, writer = await asyncio.open_connection("127.0.0.1", int(m[2]))
-    for unit in range(1, args.slow + 1):
-        writer.write(f"slow {unit} {args.slow_s}\n".encode())
-        await writer.drain()
-        await reader.readline()
-    writer.close()
-    return proc, int(m[1])
+    room = PumpRoomProcess(workdir, devices=n, args=["--tick", "1.0", *extra]).start()
+    room.command(*(f"slow {unit} {args.slow_s}" for unit in range(1, args.slow + 1)))
+    return room
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -170,16 +140,16 @@ async def _raw_phase(ports: list[int], units: int, duration: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-modbus-"))
-    procs: list[asyncio.subprocess.Process] = []
+    rooms: list[PumpRoomProcess] = []
     try:
         devices: list[Device] = []
         sites: list[Site] = []
         ports: list[int] = []
         for i in range(args.sims):
-            inv_path = tmp / f"inv{i}.yaml"
-            proc, port = await _start_sim(args.per_sim, inv_path, args)
-            procs.append(proc)
-            ports.append(port)
+            room = await asyncio.to_thread(_start_sim, args.per_sim, tmp / f"sim{i}", args)
+            rooms.append(room)
+            ports.append(room.port)
+            inv_path = room.inventory
             inv = load_inventory(inv_path)
             sites = list(inv.sites)
             for d in inv.devices:
@@ -235,10 +205,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"gateway/raw ratio {gw['requests_per_s'] / raw:.2f}"
             )
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        for room in rooms:
+            room.kill()
 
 
 if __name__ == "__main__":

@@ -113,6 +113,12 @@ class SimulatorProcess:
         self.proc = None
         return rc
 
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no clean close of its sockets, as a device losing power."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.stop()
+
     def __enter__(self) -> Self:
         return self
 

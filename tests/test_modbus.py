@@ -11,8 +11,6 @@ import asyncio
 import itertools
 import logging
 import math
-import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from gateway.profiles.loader import Catalog, load_catalog, load_inventory
 from gateway.profiles.models import Device, Inventory, Point, Profile
 from gateway.sources.base import DeviceStatusChange, PollBatch
 from gateway.sources.modbus import ModbusSource
+from simulators.launch import PumpRoomProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "device_profiles"
@@ -35,61 +34,29 @@ TANK, PANEL = 240, 241
 
 
 class Sim:
-    """The simulator subprocess and its control socket."""
+    """The pump-room simulator (its launcher, simulators/launch.py) for async tests."""
 
     def __init__(self, tmp: Path, *args: str, devices: int = 1, port: int = 0) -> None:
-        self.tmp, self.args, self.devices, self.port = tmp, args, devices, port
-        self.inventory = tmp / "inventory.yaml"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.control_port = 0
+        self._room = PumpRoomProcess(tmp, devices=devices, port=port, args=args)
+        self.inventory = self._room.inventory
+
+    @property
+    def port(self) -> int:
+        return self._room.port
+
+    @property
+    def control_port(self) -> int:
+        return self._room.control_port
 
     async def start(self) -> Sim:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "simulators",
-            "pumproom",
-            "--port",
-            str(self.port),
-            "--devices",
-            str(self.devices),
-            "--control",
-            "0",
-            "--write-inventory",
-            str(self.inventory),
-            *self.args,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        line = (await asyncio.wait_for(self.proc.stdout.readline(), 20)).decode()
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+).*control on 127\.0\.0\.1:(\d+)", line)
-        assert m, f"simulator did not start: {line!r}"
-        self.port, self.control_port = int(m[1]), int(m[2])
+        await asyncio.to_thread(self._room.start)
         return self
 
     async def command(self, *commands: str) -> list[str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.control_port)
-        answers = []
-        try:
-            for cmd in commands:
-                writer.write(cmd.encode() + b"\n")
-                await writer.drain()
-                while True:
-                    line = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
-                    if line.startswith(("ok", "error")):
-                        assert line.startswith("ok"), f"{cmd}: {line}"
-                        answers.append(line)
-                        break
-        finally:
-            writer.close()
-        return answers
+        return await asyncio.to_thread(self._room.command, *commands)
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+        await asyncio.to_thread(self._room.kill)
 
 
 class Collector:
