@@ -13,8 +13,20 @@ from pydantic import TypeAdapter, ValidationError
 from gateway.models import PointClass, Quality, Reading, Value
 from gateway.profiles.loader import Catalog, load_profile
 from gateway.profiles.models import Device, Inventory, Profile, Site
-from gateway.rules.effects import Condition, Effect, FireSignal, ShieldLog, TestRecord
+from gateway.rules.context import (
+    DeviceState,
+    Evaluator,
+    HazardMeta,
+    PointState,
+    RuleContext,
+    Timed,
+    hazard_meta,
+)
+from gateway.rules.correlations import PumpSite
+from gateway.rules.effects import Condition, Effect, Evidence, FireSignal, ShieldLog, TestRecord
 from gateway.rules.engine import CLOCK_RESET_MS, RuleEngine
+from gateway.rules.evaluators import point_evaluator
+from gateway.rules.reachability import TrackedDevice
 from gateway.rules.spec import (
     AnyRule,
     EventRule,
@@ -30,6 +42,7 @@ from gateway.rules.spec import (
     StuckRule,
     TestMode,
     ThresholdRule,
+    Title,
     effective_rules,
     validate_rules,
 )
@@ -529,6 +542,153 @@ def test_snapshot_restore_mid_hold() -> None:
     # a reading older than the last one seen before the restart is stale
     assert conds(fresh.on_readings([rd("pressure", 0.1, T0 + 5 * S)], T0 + 43 * S)) == []
     assert fresh.counters["stale"] == 1
+
+
+#: Written by the engine before it was split into modules (commit 6386433): a pressure hold pending
+#: under test mode, a pump start pending, a fault standing under a shield, a link down, two false
+#: alarms over the limit and the MQTT source down.
+SNAPSHOT_V1: dict[str, Any] = {
+    "version": 1, "started": True,
+    "points": {"D1|pressure": [1700000000000, 1700000000000, 0.1], "D1|runs": [1700000000000, 1700000000000, 4],
+               "D1|mode": [1700000000000, 1700000000000, 0],
+               "P1|pump1_fault": [1700000001000, 1700000001000, True],
+               "P1|pressure_switch": [1700000001000, 1700000001000, True]},
+    "evals": {"D1|pressure_low": [1, 1700000000000, 1700000030000], "D1|runs_stuck": [4.0, 1700000000000, 1, 0]},
+    "devices": {"D1": [1700000000000, 0, 0, None, 0, 1700000180000],
+                "P1": [1700000001000, 0, 0, None, 0, 1700000180000],
+                "P2": [1700000000000, 0, 1, "10.0.0.9:502", 0, 1700000180000]},
+    "pumps": {"S1": [1700000001000, 1700000061000, 0, []]},
+    "links_down": ["10.0.0.9:502"], "sources_down": ["mqtt"], "source_up_at": {},
+    "false_alarms": {"D1": ["S1", [1700000003000, 1700000004000], 1]},
+    "modes": [{"type": "test", "device_id": "D1", "point": "pressure", "until_ms": 1700003600000,
+               "reason": "drill", "actor": "tech"},
+              {"type": "shield", "device_id": "P1", "point": None, "until_ms": 1700007200000, "reason": "repair",
+               "actor": "tech"}],
+    "active": [["S1", "P1", "pump1_fault", "pump1_fault", "shield"], ["S1", "10.0.0.9:502", "link_down", "", ""],
+               ["S1", "D1", "false_alarms", "", ""]],
+    "counters": {"stale": 0, "unknown_device": 0, "clock_reset": 0, "missing": 0},
+}
+
+
+def test_snapshot_v1_written_before_the_split_restores() -> None:
+    cat = catalog([device("D1", "test-sensor"), device("P1", "fire-pump-cabinet", host="10.0.0.9"),
+                   device("P2", "fire-pump-cabinet", host="10.0.0.9")])
+    extra: list[AnyRule] = [LOW_HOLD, StuckRule(point="runs", for_s=60)]
+    eng = RuleEngine(cat, rules_for=lambda d, p: [*effective_rules(p, d), *(extra if d.device_id == "D1" else [])],
+                     site_rules_for=lambda s: SiteRules(pump_start=PumpStartRule(limit_s=60),
+                                                        false_alarms=FalseAlarmsRule(max_per_day=1)))
+    eng.restore(json.loads(json.dumps(SNAPSHOT_V1)))
+    assert eng.snapshot() == SNAPSHOT_V1
+    out = eng.tick(T0 + 61 * S)
+    out += eng.on_source("mqtt", True, T0 + 62 * S)
+    out += eng.on_readings([rd("runs", 4, T0 + 63 * S), rd("runs", 4, T0 + 70 * S),
+                            rd("pump1_run", True, T0 + 70 * S, dev="P1")], T0 + 70 * S)
+    out += eng.on_status([DeviceStatusChange("P2", "online", T0 + 80 * S)], T0 + 80 * S)
+    out += eng.end_mode("D1", "pressure", "tech", T0 + 90 * S)
+    out += eng.end_mode("P1", None, "tech", T0 + 91 * S)
+    out += eng.tick(T0 + 86_410 * S)
+    seen = [(type(e).__name__, e.device_id, e.action if isinstance(e, ShieldLog) else e.rule,
+             getattr(e, "active", None), e.at_ms - T0) for e in out]
+    assert seen == [
+        ("TestRecord", "D1", "pressure_low", True, 30 * S),  # the hold completes, under test
+        ("Condition", "", "pump_start", True, 61 * S),
+        ("Condition", "mqtt", "source_down", False, 62 * S),
+        ("Condition", "D1", "runs_stuck", True, 70 * S),
+        ("Condition", "", "pump_start", False, 70 * S),
+        ("Condition", "10.0.0.9:502", "link_down", False, 80 * S),
+        ("ShieldLog", "D1", "test_off", None, 90 * S),
+        ("Condition", "D1", "pressure_low", True, 90 * S),  # still standing when the test ends
+        ("ShieldLog", "P1", "shield_off", None, 91 * S),
+        ("Condition", "P1", "pump1_fault", True, 91 * S),  # held back by the shield until now
+        ("Condition", "D1", "offline", True, 86_410 * S),
+        ("Condition", "P1", "offline", True, 86_410 * S),
+        ("Condition", "P2", "offline", True, 86_410 * S),
+        ("Condition", "D1", "false_alarms", False, 86_410 * S),
+    ]
+
+
+def test_snapshot_of_another_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown rule-state snapshot version 2"):
+        engine([LOW]).restore({**SNAPSHOT_V1, "version": 2})
+
+
+# ----------------------------------------------------------------------------- the narrow context
+
+class Recorder:
+    """A :class:`RuleContext` that records what a rule asks of it: rules need nothing else."""
+
+    def __init__(self, sources_down: Sequence[str] = ()) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.sources_down = set(sources_down)
+        self.ctx = RuleContext(arm=self.arm, condition=self.condition, site_condition=self.site_condition,
+                               fire_signal=self.fire_signal, sources_down=self.sources_down, source_up_at={})
+
+    def arm(self, timed: Timed, due_ms: int, /) -> None:
+        timed.due = due_ms
+        self.calls.append(("arm", due_ms - T0))
+
+    def condition(self, dev: DeviceState, meta: HazardMeta, active: bool, at_ms: int, metric: str | None,
+                  evidence: list[Evidence], out: list[Effect], /) -> None:
+        self.calls.append(("condition", dev.device_id, meta.rule, active, at_ms - T0))
+
+    def site_condition(self, site_id: str, device_id: str, meta: HazardMeta, active: bool, at_ms: int,
+                       evidence: list[Evidence], out: list[Effect], /) -> None:
+        self.calls.append(("site_condition", site_id, meta.rule, active, at_ms - T0))
+
+    def fire_signal(self, p: PointState, rule: str, at_ms: int, test: bool, out: list[Effect], /) -> None:
+        self.calls.append(("fire_signal", p.dev.device_id, rule, test, at_ms - T0))
+
+
+META = hazard_meta("pressure_low", "supervisory", "major", Title(zh="低", en="low"), False, False)
+
+
+def point_of(metric: str) -> PointState:
+    dev = TrackedDevice("D1", "S1", SENSOR, "mqtt", None, 180 * S, META)
+    p = PointState(dev, metric)
+    dev.add_point(p)
+    return p
+
+
+def fed(ev: Evaluator, rec: Recorder, p: PointState, value: Value, ts: int, rx: int | None = None) -> None:
+    prev, prev_ts = p.value, p.ts
+    r = rd(p.metric, value, ts, rx)
+    p.ts, p.rx, p.value = r.ts_ms, r.received_at_ms, r.value
+    ev.feed(rec.ctx, p, r, prev, prev_ts, [])
+
+
+def test_a_hold_arms_a_timer_and_raises_through_the_context() -> None:
+    rec, p = Recorder(), point_of("pressure")
+    ev = point_evaluator(LOW_HOLD, META, "D1|pressure_low", SENSOR)
+    assert isinstance(ev, Timed)
+    fed(ev, rec, p, 0.1, T0, rx=T0 + 2 * S)
+    assert rec.calls == [("arm", 32 * S)]  # the hold runs on the gateway clock, from the receive time
+    ev.fire(rec.ctx, T0 + 32 * S, [])
+    fed(ev, rec, p, 0.3, T0 + 40 * S)
+    assert rec.calls[1:] == [("condition", "D1", "pressure_low", True, 30 * S),
+                             ("condition", "D1", "pressure_low", False, 40 * S)]
+
+
+def test_point_silence_waits_while_the_source_is_down() -> None:
+    rec, p = Recorder(sources_down=["mqtt"]), point_of("pressure")
+    ev = point_evaluator(NoDataRule(point="pressure", cadence_s=10), META, "D1|pressure_no_data", SENSOR)
+    assert isinstance(ev, Timed)
+    fed(ev, rec, p, 0.5, T0)
+    ev.fire(rec.ctx, T0 + 30 * S, [])
+    assert rec.calls == [("arm", 30 * S), ("arm", 30 * S + 1)]  # re-armed, nothing raised
+    rec.sources_down.discard("mqtt")
+    ev.fire(rec.ctx, T0 + 31 * S, [])
+    assert rec.calls[2:] == [("condition", "D1", "pressure_low", True, 31 * S)]
+
+
+def test_pump_start_correlation_through_the_context() -> None:
+    rec = Recorder()
+    pump = PumpSite("S1", PumpStartRule(limit_s=60), META)
+    pump.trigger(rec.ctx, T0, T0 + S)
+    pump.trigger(rec.ctx, T0 + 5 * S, T0 + 5 * S)  # already pending: no second timer
+    pump.fire(rec.ctx, T0 + 61 * S, [])
+    pump.run_changed(rec.ctx, "P1/pump1_run", True, T0 + 70 * S, [])
+    assert rec.calls == [("arm", 61 * S), ("site_condition", "S1", "pressure_low", True, 61 * S),
+                         ("site_condition", "S1", "pressure_low", False, 70 * S)]
 
 
 def test_unknown_device_is_counted() -> None:
