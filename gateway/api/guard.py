@@ -1,13 +1,8 @@
-"""What stands between the network and the API: connection limits, timeouts, body limits, headers.
+"""What stands between a request and the routes: security headers, the token before the body, body limits.
 
 The API is a guest of the gateway's process: nothing a client does may cost the pipeline more than a
-bounded share. This module holds the pieces that work below FastAPI:
+bounded share. Connections are bounded below this, in :mod:`gateway.api.server`; requests here:
 
-- :class:`GuardedH11Protocol` (uvicorn's h11 protocol): at most ``max_connections`` open connections
-  (at the cap the :class:`AcceptGate` stops accepting, so a flood waits in the kernel's backlog
-  instead of costing CPU, and idle sockets cannot exhaust the descriptors), and a connection that
-  has not sent a whole request head within ``header_timeout_s`` is closed (slow or idle clients);
-  uvicorn's own keep-alive timeout closes idle connections between requests.
 - :class:`Guard` (ASGI middleware, outermost): security headers on every response; for a request
   with a body, the token is checked **before** the body is read (401, nothing read), an expensive
   route that is saturated answers 429 before the body is read too, and the body is read with a
@@ -17,15 +12,12 @@ bounded share. This module holds the pieces that work below FastAPI:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
-__all__ = ["SECURITY_HEADERS", "AcceptGate", "AuthFailures", "Guard", "GuardedH11Protocol", "guarded_protocol"]
+__all__ = ["SECURITY_HEADERS", "AuthFailures", "Guard"]
 
 logger = logging.getLogger("gateway.api")
 
@@ -145,102 +137,3 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send_with_headers)
-
-
-class AcceptGate:
-    """Stops taking new connections while the API is at its connection cap, and takes them again below
-    90 % of it. Stopped, the kernel's listen backlog holds the next few and refuses the rest, which
-    costs the gateway nothing; accepting and closing each one of a flood would cost its CPU.
-
-    Uses asyncio's ``Server._start_serving``/``_serving`` (CPython 3.11, which firegw pins); where they
-    are missing, connections over the cap are still closed at once, only not for free.
-    """
-
-    def __init__(self) -> None:
-        self.servers: list[asyncio.base_events.Server] = []
-        self.paused = False
-        self.pauses = 0
-
-    def pause(self, open_connections: int) -> None:
-        if self.paused or not self.servers:
-            return
-        try:
-            for server in self.servers:
-                loop = server.get_loop()
-                for sock in server.sockets:
-                    loop.remove_reader(sock.fileno())
-                server._serving = False  # type: ignore[attr-defined]
-        except (AttributeError, OSError, ValueError):
-            return
-        self.paused = True
-        self.pauses += 1
-        (logger.warning if self.pauses == 1 else logger.debug)(
-            "api: %d connections open, the cap: not accepting more until some close (logged once; %d times "
-            "so far)", open_connections, self.pauses)
-
-    def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        try:
-            for server in self.servers:
-                server._start_serving()  # type: ignore[attr-defined]
-        except (AttributeError, OSError, ValueError):
-            logger.exception("api: could not take connections again")
-
-
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a connection cap and a deadline for each request head."""
-
-    max_connections = 256
-    header_timeout_s = 10.0
-    refused = 0
-    gate: AcceptGate | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if len(self.connections) >= self.max_connections and self.gate is not None:
-            self.gate.pause(len(self.connections))
-        if len(self.connections) > self.max_connections:
-            type(self).refused += 1
-            transport.abort()
-            return
-        self._head_deadline: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout_s, self._late)
-
-    def _late(self) -> None:
-        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.cycle is not None and not self.cycle.response_complete:
-            deadline = getattr(self, "_head_deadline", None)
-            if deadline is not None:  # a whole request head arrived: the app's own timing takes over
-                deadline.cancel()
-                self._head_deadline = None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        deadline = getattr(self, "_head_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
-        if not self.transport.is_closing():  # the next request's head is due within the same deadline
-            self._head_deadline = self.loop.call_later(self.header_timeout_s, self._late)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        deadline = getattr(self, "_head_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
-            self._head_deadline = None
-        super().connection_lost(exc)
-        gate = self.gate
-        if gate is not None and gate.paused and len(self.connections) < self.max_connections * 0.9:
-            gate.resume()
-
-
-def guarded_protocol(*, max_connections: int, header_timeout_s: float,
-                     gate: AcceptGate | None = None) -> type[GuardedH11Protocol]:
-    """A protocol class with these limits (a subclass, so several servers in one process do not share them)."""
-    return type("GuardedH11", (GuardedH11Protocol,), {"max_connections": max_connections,
-                                                     "header_timeout_s": header_timeout_s, "refused": 0,
-                                                     "gate": gate})
