@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +123,30 @@ def secs(series: Sequence[tuple[int, Value]]) -> list[tuple[int, Value]]:
 def at(expected: Sequence[tuple[str, bool, int]]) -> list[tuple[str, bool, int]]:
     """(rule, active, seconds) → (rule, active, epoch ms)."""
     return [(r, a, T0 + t * S) for r, a, t in expected]
+
+
+# ----------------------------------------------------------------------------- package boundaries
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, including under ``if TYPE_CHECKING:``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_profiles_import_no_rules_and_rules_stay_pure() -> None:
+    for path in sorted((ROOT / "gateway" / "profiles").glob("*.py")):
+        assert not {m for m in _imports(path) if m.startswith("gateway.rules")}, path.name
+    impure = ("asyncio", "socket", "sqlite3", "time", "datetime", "threading", "gateway.sources",
+              "gateway.store", "gateway.pipeline")
+    for path in sorted((ROOT / "gateway" / "rules").glob("*.py")):
+        assert not {m for m in _imports(path) if m.split(".")[0] in impure or m.startswith(impure)}, path.name
+        assert ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))), f"{path.name} says what it owns"
 
 
 # ----------------------------------------------------------------------------- specs and validation
