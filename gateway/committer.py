@@ -28,6 +28,7 @@ from gateway.models import DeadLetter, RawMessage, Reading
 from gateway.normalize.json_decoder import DEFAULT_MAX_SKEW_S
 from gateway.normalize.router import DEFAULT_MAX_PAYLOAD_BYTES, Decoded, MqttNormalizer
 from gateway.profiles.loader import Catalog
+from gateway.retry import Backoff
 from gateway.sources.base import PollBatch
 from gateway.store.sqlite import Store
 
@@ -300,7 +301,7 @@ class Committer:
 
     def _attempt(self, items: list[RawMessage | _Job], tick: bool, stopping: bool) -> None:
         """``_process`` with the store's failures retried (backoff, shown in health); raises anything else."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0, jitter=0.0)
         while True:
             try:
                 self._process(items, tick)
@@ -308,11 +309,10 @@ class Committer:
                 # The store cannot take the batch (disk full, read-only, locked, I/O error). Nothing was
                 # acknowledged; keep the batch and try again rather than lose it.
                 self._stage.depth = len(items) + len(self._inbox)
-                if not self._store_failed(exc, delay, stopping):
+                if not self._store_failed(exc, backoff.next(), stopping):
                     logger.error("committer: giving up at shutdown; %d items stay unacknowledged (the "
                                  "source redelivers them)", len(items))
                     return
-                delay = min(delay * 2, 10.0)
                 continue
             self._stage.ok()
             return
@@ -383,15 +383,14 @@ class Committer:
                              item.address[:200])
 
     def _attempt_decoded(self, decoded: list[tuple[RawMessage, bytes, Decoded]]) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0, jitter=0.0)
         while True:
             try:
                 self._commit(decoded, [], False)
                 return
             except sqlite3.Error as exc:
-                if not self._store_failed(exc, delay, False):
+                if not self._store_failed(exc, backoff.next(), False):
                     return
-                delay = min(delay * 2, 10.0)
 
     def _recover_hooks(self) -> None:
         try:

@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from gateway.retry import EdgeLog
+
 __all__ = ["Health", "Stage"]
 
 logger = logging.getLogger(__name__)
@@ -29,20 +31,20 @@ class Stage:
     last_error: str | None = None
     failing: str | None = None  # the stage cannot go on (the store refuses writes, a port is taken)
     counters: dict[str, int] = field(default_factory=dict)
+    _edge: EdgeLog = field(default_factory=lambda: EdgeLog(logger, level=logging.ERROR), init=False, repr=False,
+                           compare=False)
 
     def fail(self, reason: str) -> bool:
-        """Mark the stage failing; logs on the edge only. True when it was not failing before."""
-        first = self.failing is None
-        if first:
-            logger.error("%s: %s", self.name, reason)
+        """Mark the stage failing; logs on the edge only (DEBUG while it stays failing). True when it
+        was not failing before."""
+        first = self._edge.failed("%s: %s", self.name, reason)
         self.failing = reason
         self.last_error = reason
         return first
 
     def ok(self) -> None:
         """The stage goes on again; logs on the edge only."""
-        if self.failing is not None:
-            logger.info("%s: recovered (was: %s)", self.name, self.failing)
+        if self._edge.recovered("%s: recovered (was: %s)", self.name, self.failing):
             self.failing = None
 
     def beat(self, depth: int | None = None) -> None:

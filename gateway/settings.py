@@ -2,6 +2,15 @@
 
 The defaults run on one machine with no remote services (design.md §5). Two top-level keys
 have short environment names the operators use: ``FIREGW_INVENTORY`` and ``FIREGW_PROFILES_DIR``.
+A nested key takes one ``__`` per level: ``FIREGW_MQTT__TLS__CA_FILE``.
+
+Every section that connects somewhere (``mqtt``, ``events_mqtt``, ``webhook``, ``influx``) has the
+same ``tls`` block (:class:`TlsSettings`). The flat keys of earlier versions are still read and
+mapped into it, in the file and in the environment alike: ``ca_file``, ``cert_file`` and
+``key_file`` as they are, ``verify_tls`` as ``tls.verify``, ``tls_insecure`` as the opposite of
+``tls.check_hostname``. Each layer (file, environment, flags) is mapped on its own before the
+layers are merged, so a later layer wins whichever spelling either uses; within one layer the two
+spellings of one key must agree.
 """
 
 from __future__ import annotations
@@ -9,16 +18,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 
 __all__ = ["ApiSettings", "ApiToken", "EventsMqttSettings", "GatewaySettings", "InfluxSettings", "MqttSettings",
-           "PipelineSettings", "StoreSettings", "WebhookSettings", "load_settings"]
+           "PipelineSettings", "StoreSettings", "TlsSettings", "WebhookSettings", "load_settings"]
 
 ENV_PREFIX = "FIREGW_"
 
@@ -27,20 +36,98 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MqttSettings(_Section):
+class TlsSettings(_Section):
+    """How a client checks the server it connects to, and how it proves who it is: one shape for
+    every section that connects somewhere. TLS itself is chosen by the URL (``mqtts://``,
+    ``https://``; for MQTT also by a ``ca_file``)."""
+
+    ca_file: Path | None = Field(default=None, description="CA certificates (PEM) that sign the server's "
+                                 "certificate; unset: the system's CAs and certifi's bundle")
+    cert_file: Path | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
+    key_file: Path | None = Field(default=None, description="its private key (PEM); unset: in cert_file")
+    verify: bool = Field(default=True, description="check the server's certificate at all (never false in "
+                         "production)")
+    check_hostname: bool = Field(default=True, description="check that the certificate names the host; false: "
+                                 "any certificate the CA signed (never in production)")
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsSettings:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is set but cert_file is not: give the client certificate too")
+        return self
+
+
+_BOOL = TypeAdapter(bool)
+_PATH = TypeAdapter(Path | None)
+#: The flat TLS keys of earlier versions: old key -> (key in ``tls``, whether the value is negated).
+_FLAT_TLS: dict[str, tuple[str, bool]] = {"ca_file": ("ca_file", False), "cert_file": ("cert_file", False),
+                                          "key_file": ("key_file", False), "verify_tls": ("verify", False),
+                                          "tls_insecure": ("check_hostname", True)}
+#: The sections that connect somewhere (each has a ``tls`` block).
+_CONNECTING = ("mqtt", "events_mqtt", "webhook", "influx")
+
+
+def _nest_tls(section: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (one section, as given) with its flat TLS keys moved into ``tls``; ValueError when
+    one key is given both ways with different values in the same place."""
+    flat = [k for k in _FLAT_TLS if k in data]
+    if not flat:
+        return data
+    out = {k: v for k, v in data.items() if k not in _FLAT_TLS}
+    given = out.get("tls")
+    if isinstance(given, TlsSettings):
+        given = given.model_dump(exclude_unset=True)
+    if given is not None and not isinstance(given, dict):
+        return data  # the model reports the bad tls value itself
+    tls = dict(given or {})
+    for old in flat:
+        new, negated = _FLAT_TLS[old]
+        value = data[old]
+        if negated:
+            try:
+                value = not _BOOL.validate_python(value)
+            except ValidationError:
+                raise ValueError(f"{section}.{old}: expected true or false, got {value!r}") from None
+        if new in tls and not _same(new, tls[new], value):
+            raise ValueError(f"{section}.{old} and {section}.tls.{new} are both given and differ: keep "
+                             f"{section}.tls.{new}")
+        tls[new] = value
+    out["tls"] = tls
+    return out
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    """Whether two spellings of one TLS value agree (``"true"`` and ``True``, a str and a Path)."""
+    adapter = _BOOL if key in ("verify", "check_hostname") else _PATH
+    try:
+        return bool(adapter.validate_python(a) == adapter.validate_python(b))
+    except ValidationError:
+        return False
+
+
+class _Connecting(_Section):
+    """A section that connects somewhere: a ``tls`` block, and the old flat keys mapped into it."""
+
+    section: ClassVar[str]
+    tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_tls_keys(cls, data: Any) -> Any:
+        return _nest_tls(cls.section, data) if isinstance(data, dict) else data
+
+
+class MqttSettings(_Connecting):
     """The MQTT source. QoS 1 with a persistent session: the broker keeps what the gateway has not
     acknowledged, and the gateway acknowledges only what it has committed."""
 
+    section = "mqtt"
     enabled: bool = True
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "firegw"
     protocol: Literal["5", "3.1.1"] = "5"
     username: str | None = None
     password: str | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    tls_insecure: bool = Field(default=False, description="skip hostname verification (never in production)")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 86_400, ge=0)
     receive_maximum: int = Field(default=2_000, ge=1, le=65_535)
@@ -66,12 +153,13 @@ class MqttSettings(_Section):
         return urlsplit(self.url).hostname or "127.0.0.1"
 
     @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.ca_file is not None
+    def secure(self) -> bool:
+        """TLS: an ``mqtts://`` URL, or a CA file given."""
+        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.tls.ca_file is not None
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+        return urlsplit(self.url).port or (8883 if self.secure else 1883)
 
 
 class ApiToken(_Section):
@@ -170,14 +258,13 @@ def _loopback(host: str) -> bool:
         return False
 
 
-class WebhookSettings(_Section):
+class WebhookSettings(_Connecting):
     """Delivery of fire-event and hazard transitions to the grid workflow over HTTPS."""
 
+    section = "webhook"
     url: str | None = Field(default=None, description="unset: no webhook destination")
     secret: str | None = Field(default=None, description="HMAC-SHA256 key; required with url")
     timeout_s: float = Field(default=5.0, gt=0)
-    verify_tls: bool = True
-    ca_file: Path | None = None
     backoff_min_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     concurrency: int = Field(default=8, ge=1, le=256, description="subjects delivered in parallel")
@@ -189,23 +276,27 @@ class WebhookSettings(_Section):
         return self
 
 
-class EventsMqttSettings(_Section):
-    """Fire events, hazards and site codes published over MQTT (QoS 1; the code topic retained)."""
+class EventsMqttSettings(_Connecting):
+    """Fire events, hazards and site codes published over MQTT (QoS 1; the code topic retained).
 
+    With no ``url`` it publishes to ``mqtt.url``, and then, while its ``tls`` is left at the
+    defaults, with ``mqtt.tls``."""
+
+    section = "events_mqtt"
     enabled: bool = False
     url: str | None = Field(default=None, description="defaults to mqtt.url")
     client_id: str = "firegw-events"
     username: str | None = None
     password: str | None = None
-    ca_file: Path | None = None
     topic_events: str = "grid/{town}/{site}/events"
     topic_hazards: str = "grid/{town}/{site}/hazards"
     topic_code: str = "grid/{town}/{site}/code"
 
 
-class InfluxSettings(_Section):
+class InfluxSettings(_Connecting):
     """Forwarding of readings to InfluxDB (2.x/3.x API, or 1.x /write) with store-and-forward."""
 
+    section = "influx"
     url: str | None = Field(default=None, description="unset: no time-series sink")
     api: Literal["v2", "v1"] = "v2"
     token: str | None = None
@@ -217,7 +308,6 @@ class InfluxSettings(_Section):
     flush_interval_s: float = Field(default=1.0, gt=0)
     gzip: bool = True
     timeout_s: float = Field(default=10.0, gt=0)
-    verify_tls: bool = True
     max_backlog_mb: float = Field(default=2_048.0, gt=0,
                                   description="disk bound: beyond it the oldest bulk readings are evicted")
     resend_window_s: float = Field(default=60.0, ge=0, le=86_400,
@@ -260,23 +350,43 @@ def _structured(key: str) -> bool:
     ``[`` stays a string)."""
     import typing
 
-    section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
-    sec = GatewaySettings.model_fields.get(section)
-    model = sec.annotation if sec is not None else None
-    if not isinstance(model, type) or not issubclass(model, BaseModel):
-        return False
-    info = model.model_fields.get(field)
+    model: Any = GatewaySettings
+    info = None
+    for part in key[len(ENV_PREFIX):].lower().split("__"):
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            return False
+        info = model.model_fields.get(part)
+        if info is None:
+            return False
+        model = info.annotation
     return info is not None and typing.get_origin(info.annotation) in (list, dict)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``FIREGW_*`` variables as a nested mapping: one ``__`` per level."""
     out: dict[str, Any] = {}
     for key, value in env.items():
         if key in _TOP_LEVEL_ENV:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith(ENV_PREFIX) and "__" in key:
-            section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
-            out.setdefault(section, {})[field] = _env_value(key, value)
+            *parents, field = key[len(ENV_PREFIX):].lower().split("__")
+            node = out
+            for part in parents:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):  # FIREGW_A__B=x beside FIREGW_A__B__C=y: the model says why
+                    break
+                node = child
+            else:
+                node[field] = _env_value(key, value)
+    return out
+
+
+def _nest_tls_keys(layer: dict[str, Any]) -> dict[str, Any]:
+    """One layer (file, environment, flags) with the flat TLS keys of its sections mapped into ``tls``."""
+    out = dict(layer)
+    for section in _CONNECTING:
+        if isinstance(out.get(section), dict):
+            out[section] = _nest_tls(section, out[section])
     return out
 
 
@@ -311,9 +421,12 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{config}: (top): expected a mapping")
         data = loaded or {}
-    data = _merge(data, _env_overrides(env))
-    if overrides:
-        data = _merge(data, overrides)
+    try:  # each layer mapped on its own, so a later layer wins whichever spelling either uses
+        data = _merge(_nest_tls_keys(data), _nest_tls_keys(_env_overrides(env)))
+        if overrides:
+            data = _merge(data, _nest_tls_keys(overrides))
+    except ValueError as exc:
+        raise ConfigError(f"{where} (or FIREGW_* environment): {exc}") from exc
     try:
         return GatewaySettings.model_validate(data)
     except ValidationError as exc:

@@ -232,7 +232,7 @@ def test_bad_settings_fail_with_the_field_named(tmp_path: Path) -> None:
     Store(tmp_path / "x.db").open().close()
     n = Notifier(settings=_settings("https://127.0.0.1:9/hook", ca_file=str(tmp_path / "missing.pem")), catalog=cat,
                  store_path=tmp_path / "x.db", health=Health())
-    with pytest.raises(ConfigError, match=r"webhook\.ca_file"):
+    with pytest.raises(ConfigError, match=r"webhook\.tls\.ca_file"):
         asyncio.run(n.run())
 
 

@@ -1,6 +1,6 @@
 """The MQTT destination (paho-mqtt 2.x, MQTT 5, QoS 1): fire events, hazards and site codes.
 
-This is the only module of ``notify/`` that imports paho; paho's exceptions never leave it.
+This is the only module of ``notify/`` that uses paho; paho's exceptions never leave it.
 
 * A fire-event row's body is published on ``events_mqtt.topic_events``, a hazard row's on
   ``topic_hazards``, a site row's (code override set or cleared) on ``topic_hazards`` too, since
@@ -12,8 +12,11 @@ This is the only module of ``notify/`` that imports paho; paho's exceptions neve
   ``topic_code`` as ``{"site_id", "code", "reason_zh", "reason_en", "next_inspection_due", "at"}``.
   Every site's code is published once on each (re)connect, and codes are re-checked every
   ``CODE_REFRESH_S`` (a deadline passing can turn a site red with no new event).
-* paho reconnects by itself (backoff 0.5 s … 30 s); while the broker is away nothing is handed to
-  paho (its queue stays bounded by the in-flight rows) and rows wait in the outbox.
+* paho reconnects by itself (a jittered 0.5 s … 1 s doubling to 30 s, drawn again after every
+  disconnect); while the broker is away nothing is handed to paho (its queue stays bounded by the
+  in-flight rows) and rows wait in the outbox.
+* TLS: ``events_mqtt.tls``; with no ``events_mqtt.url`` (the source's broker) and that block left
+  at its defaults, ``mqtt.tls``. The client is built by ``gateway/mqtt_client.py``, as the source's is.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -31,13 +33,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.errors import ConfigError
 from gateway.health import Stage
+from gateway.mqtt_client import build_client, jitter_reconnect
 from gateway.notify.base import Delivered, OutboxRow, Outcome, Rejected, Retry
 from gateway.profiles.loader import Catalog
-from gateway.settings import GatewaySettings
+from gateway.retry import Backoff, EdgeLog
+from gateway.settings import GatewaySettings, TlsSettings
 
 __all__ = ["CODE_REFRESH_S", "MQTT_CONCURRENCY", "PUBACK_TIMEOUT_S", "MqttPublisher"]
 
@@ -47,9 +50,11 @@ logger = logging.getLogger(__name__)
 MQTT_CONCURRENCY = 64
 #: A publish with no PUBACK within this many seconds is retried.
 PUBACK_TIMEOUT_S = 10.0
-#: Backoff of failed publishes (seconds).
+#: Backoff of failed publishes (seconds); paho's reconnect delay has the same cap.
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+#: paho's first reconnect delay (jittered, then doubled up to BACKOFF_MAX_S).
+RECONNECT_MIN_S = 1.0
 #: Site codes are recomputed at least this often (seconds).
 CODE_REFRESH_S = 60.0
 KEEPALIVE_S = 30
@@ -91,10 +96,12 @@ class MqttPublisher:
         for f in ("topic_events", "topic_hazards", "topic_code"):
             _check_template(f, getattr(em, f))
         self._em = em
-        self._ca_file = em.ca_file or (settings.mqtt.ca_file if em.url is None else None)
-        self._tls = parts.scheme in ("mqtts", "ssl") or self._ca_file is not None
+        # the source's broker (no url of its own): its TLS too, unless this section's tls says otherwise
+        inherit = em.url is None and em.tls == TlsSettings()
+        self._tls, self._tls_section = (settings.mqtt.tls, "mqtt") if inherit else (em.tls, "events_mqtt")
+        self._secure = parts.scheme in ("mqtts", "ssl") or self._tls.ca_file is not None
         self._host = parts.hostname
-        self._port = port or (8883 if self._tls else 1883)
+        self._port = port or (8883 if self._secure else 1883)
         self._catalog = catalog
         self._stage = stage
         self._summaries = summaries
@@ -109,7 +116,8 @@ class MqttPublisher:
         self._force_all = False
         self._code_wake: asyncio.Event | None = None
         self._published: dict[str, tuple[Any, ...]] = {}
-        self._codes_failing = False
+        self._codes = EdgeLog(logger)
+        self._reconnect = Backoff(RECONNECT_MIN_S, BACKOFF_MAX_S)
 
     # ------------------------------------------------------------------ Destination
 
@@ -127,16 +135,8 @@ class MqttPublisher:
 
     def _build(self) -> Any:
         em = self._em
-        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=em.client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5)
-        if em.username is not None:
-            client.username_pw_set(em.username, em.password)
-        if self._tls:
-            try:
-                client.tls_set(ca_certs=str(self._ca_file) if self._ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise ConfigError(f"settings: events_mqtt.ca_file: cannot load TLS files: {exc}") from exc
-        client.reconnect_delay_set(min_delay=1, max_delay=int(BACKOFF_MAX_S))
+        client = build_client(section=self._tls_section, client_id=em.client_id, protocol="5", username=em.username,
+                              password=em.password, secure=self._secure, tls=self._tls, reconnect=self._reconnect)
         client.max_inflight_messages_set(MQTT_CONCURRENCY * 2)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -216,18 +216,14 @@ class MqttPublisher:
             try:
                 summaries = await self._summaries()
             except Exception as exc:  # the store busy or a bad row: codes wait, deliveries go on
-                if not self._codes_failing:
-                    self._codes_failing = True
-                    logger.warning("notify:mqtt: cannot compute site codes: %s", exc,
+                self._codes.failed("notify:mqtt: cannot compute site codes: %s", exc,
                                    exc_info=not isinstance(exc, sqlite3.Error))
                 self._dirty |= dirty
                 self._force_all |= force
                 await asyncio.sleep(1.0)
                 wake.set()
                 continue
-            if self._codes_failing:
-                self._codes_failing = False
-                logger.info("notify:mqtt: site codes computed again")
+            self._codes.recovered("notify:mqtt: site codes computed again")
             for i, s in enumerate(summaries):
                 site_id = s["site_id"]
                 key = (s["code"], s["reason_zh"], s["reason_en"], s.get("last_inspection"))
@@ -342,6 +338,7 @@ class MqttPublisher:
         self._connected = False
         if self._client is None:  # stopping
             return
+        jitter_reconnect(client, self._reconnect)
         if was:
             self._stage.set_connected(False, f"disconnected: {reason_code}")
         loop = self._loop

@@ -35,13 +35,16 @@ retry is signed afresh with a new timestamp; the body and ``event_id`` stay the 
 Answers
 -------
 
+Classified by :func:`gateway.retry.classify_http`:
+
 * 2xx: delivered.
 * 408, 425, 429, 5xx, connection errors, timeouts: retried with backoff; on 429 and 503 a
-  ``Retry-After`` header (seconds or an HTTP date) sets the earliest retry.
-* Any other status (other 4xx, 3xx: the receiver refuses this event or the URL is wrong): the event
-  is *rejected*. It is not dropped: it stays in the outbox with the reason, is retried at the maximum
-  backoff, is counted in health (``rejected``) and, to keep order, holds back the later events of
-  the same fire event or hazard until the receiver accepts it or an operator intervenes.
+  ``Retry-After`` header (seconds or an HTTP date, at most an hour) sets the earliest retry.
+* Any other status (other 4xx, 3xx: the receiver refuses this event, or the URL or the
+  credentials are wrong and an operator must act): the event is *rejected*. It is not dropped: it
+  stays in the outbox with the reason, is retried at the maximum backoff, is counted in health
+  (``rejected``) and, to keep order, holds back the later events of the same fire event or hazard
+  until the receiver accepts it or an operator intervenes.
 """
 
 from __future__ import annotations
@@ -53,23 +56,23 @@ import logging
 import socket
 import ssl
 import time
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 
 import httpx
 
 from gateway.errors import ConfigError
 from gateway.notify.base import Delivered, OutboxRow, Outcome, Rejected, Retry
+from gateway.retry import RETRY_AFTER_MAX_S, HttpClass, classify_http, retry_after
 from gateway.settings import WebhookSettings
+from gateway.tls import client_context
 
 __all__ = ["RETRY_AFTER_MAX_S", "WebhookSender", "classify", "parse_retry_after", "sign"]
 
 logger = logging.getLogger(__name__)
 
-#: A Retry-After beyond this (seconds) is capped: a receiver's typo must not park events for days.
-RETRY_AFTER_MAX_S = 3600.0
-_RETRY_STATUS = frozenset({408, 425, 429})
+#: The answers whose ``Retry-After`` is honoured (RFC 9110 §10.2.3, RFC 6585 §4).
 _RETRY_AFTER_STATUS = frozenset({429, 503})
+#: Kept for callers of earlier versions: :func:`gateway.retry.retry_after`.
+parse_retry_after = retry_after
 _ERROR_TEXT_MAX = 200
 USER_AGENT = "firegw-webhook/1"
 
@@ -78,26 +81,6 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The ``X-Firegw-Signature`` value for ``body`` sent at ``timestamp`` (unix seconds)."""
     mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256)
     return f"sha256={mac.hexdigest()}"
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return min(float(value), RETRY_AFTER_MAX_S)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now = time.time() if now is None else now
-    delta = when.timestamp() - now
-    return min(max(delta, 0.0), RETRY_AFTER_MAX_S)
 
 
 def _excerpt(text: str) -> str:
@@ -137,21 +120,9 @@ class WebhookSender:
     def backoff_max_s(self) -> float:
         return self._settings.backoff_max_s
 
-    def _verify(self) -> ssl.SSLContext | bool:
-        """Blocking (reads the CA file): called through ``asyncio.to_thread``."""
-        s = self._settings
-        if not s.verify_tls:
-            return False
-        if s.ca_file is None:
-            return True  # httpx's default: verify against the certifi bundle
-        try:
-            return ssl.create_default_context(cafile=str(s.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"settings: webhook.ca_file: cannot load {s.ca_file}: {exc}") from exc
-
     async def open(self) -> None:
-        verify = await asyncio.to_thread(self._verify)
         s = self._settings
+        verify = await asyncio.to_thread(client_context, s.tls, "webhook")  # reads the TLS files
         limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
         # TCP_NODELAY: a request is headers then body; without it Nagle can hold the body back
         # until the receiver's delayed ACK (~40 ms)
@@ -195,12 +166,13 @@ class WebhookSender:
         return classify(resp.status_code, resp.headers.get("Retry-After"), resp.text)
 
 
-def classify(status: int, retry_after: str | None, text: str = "") -> Outcome:
+def classify(status: int, retry_after_header: str | None, text: str = "") -> Outcome:
     """The outcome of one HTTP answer (see the module docstring)."""
-    if 200 <= status < 300:
+    kind = classify_http(status)
+    if kind is HttpClass.OK:
         return Delivered()
     detail = f"HTTP {status}" + (f": {_excerpt(text)}" if text.strip() else "")
-    if status in _RETRY_STATUS or 500 <= status < 600:
-        wait = parse_retry_after(retry_after) if status in _RETRY_AFTER_STATUS else None
+    if kind is HttpClass.RETRY:
+        wait = retry_after(retry_after_header) if status in _RETRY_AFTER_STATUS else None
         return Retry(detail, retry_after=wait)
-    return Rejected(detail)
+    return Rejected(detail)  # FIX and REJECT alike: kept, retried at the longest backoff, counted

@@ -25,15 +25,17 @@ Per lane:
   first arrivals stay in order per subject. Rows marked delivered are never sent again.
 * **Retries.** A failed attempt sets ``attempts``, ``last_error`` and ``next_attempt_at`` (durable,
   so the schedule survives restarts): capped exponential backoff with jitter
-  (``backoff_min_s`` · 2^(attempts-1), at most ``backoff_max_s``, drawn from [½, 1] of that), and
-  never sooner than a ``Retry-After`` the receiver sent. A rejected row (the receiver refuses it) is
-  retried at the maximum backoff and counted as ``rejected``: never dropped.
+  (:class:`gateway.retry.Backoff`: ``backoff_min_s`` · 2^(attempts-1), at most ``backoff_max_s``,
+  drawn from [½, 1] of that), and never sooner than a ``Retry-After`` the receiver sent. A
+  rejected row (the receiver refuses it) is retried at the maximum backoff and counted as
+  ``rejected``: never dropped.
 * **Wake-ups.** :meth:`Notifier.wake` (from the committer thread after a commit) or a poll every
   ``poll_s`` (1 s), so rows written before a restart, or without a wake-up, are not missed.
 * **Health.** Stage ``notify:<destination>``: depth = pending rows, a beat per delivered row,
   counters ``delivered``, ``retried``, ``rejected``; ``last_error`` set by every failure, and
   ``connected`` False from ``FAILING_AFTER`` (3) consecutive failures until the next success. A
-  failing destination logs once when it starts failing and once when it recovers (DEBUG between).
+  failing destination logs once when it starts failing and once when it recovers (DEBUG between,
+  :class:`gateway.retry.EdgeLog`); so does a lane that cannot use the outbox.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from typing import Any, TypeVar
 from gateway.health import Health, Stage
 from gateway.notify.base import Delivered, Destination, OutboxRow, Rejected, Retry
 from gateway.profiles.loader import Catalog
+from gateway.retry import Backoff, EdgeLog
 from gateway.settings import GatewaySettings
 
 __all__ = ["BUSY_TIMEOUT_MS", "POLL_S", "RESYNC_S", "WINDOW", "Notifier", "backoff_delay"]
@@ -87,12 +90,9 @@ _ROW_COLUMNS = "seq, destination, event_id, subject, body, created_at, attempts,
 
 def backoff_delay(attempts: int, min_s: float, max_s: float, retry_after: float | None = None,
                   rng: random.Random | None = None) -> float:
-    """Seconds before the next attempt after ``attempts`` failed ones (see the module docstring)."""
-    base = min(max_s, min_s * 2.0 ** min(max(attempts - 1, 0), 40))
-    delay = (rng or random).uniform(base / 2, base)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
+    """Seconds before the next attempt after ``attempts`` failed ones. Kept for callers of earlier
+    versions: ``Backoff(min_s, max_s, rng=rng).delay(attempts, retry_after)``."""
+    return Backoff(min_s, max_s, rng=rng).delay(attempts, retry_after)
 
 
 def _now_ms() -> int:
@@ -189,8 +189,7 @@ class _Lane:
 
     dest: Destination
     stage: Stage
-    backoff_min_s: float
-    backoff_max_s: float
+    backoff: Backoff
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     rows: dict[str, deque[OutboxRow]] = field(default_factory=dict)
     ready: list[tuple[int, int, str]] = field(default_factory=list)
@@ -201,9 +200,8 @@ class _Lane:
     need_load: bool = True
     more_in_db: bool = False
     last_sync: float = -math.inf
-    failing: bool = False
-    consecutive_failures: int = 0
-    db_failing: bool = False
+    delivery: EdgeLog = field(default_factory=lambda: EdgeLog(logger, after=FAILING_AFTER))
+    outbox: EdgeLog = field(default_factory=lambda: EdgeLog(logger, level=logging.ERROR))
     rejected: set[int] = field(default_factory=set)
 
     @property
@@ -317,7 +315,7 @@ class Notifier:
         try:
             await reader.call(reader.db.open)
             await writer.call(writer.db.open)
-            self._lanes = [_Lane(d, self._health.stage(f"notify:{d.name}"), d.backoff_min_s, d.backoff_max_s)
+            self._lanes = [_Lane(d, self._health.stage(f"notify:{d.name}"), Backoff(d.backoff_min_s, d.backoff_max_s))
                            for d in self._dests]
             opened: list[Destination] = []
             try:
@@ -388,9 +386,7 @@ class Notifier:
                 self._db_failed(lane, exc)
         else:
             for lane in {lane for lane, _ in batch}:
-                if lane.db_failing:
-                    lane.db_failing = False
-                    logger.info("notify:%s: outbox writable again", lane.name)
+                lane.outbox.recovered("notify:%s: outbox writable again", lane.name)
         finally:
             for lane, m in batch:
                 lane.unmarked.discard(m.seq)
@@ -445,9 +441,7 @@ class Notifier:
                     lane.need_load = True
                     await asyncio.sleep(DB_RETRY_S)
                     continue
-                if lane.db_failing:
-                    lane.db_failing = False
-                    logger.info("notify:%s: outbox readable again", lane.name)
+                lane.outbox.recovered("notify:%s: outbox readable again", lane.name)
             now = _now_ms()
             while lane.ready and len(lane.inflight) < concurrency and lane.ready[0][0] <= now:
                 _, seq, subject = heapq.heappop(lane.ready)
@@ -469,9 +463,7 @@ class Notifier:
 
     def _db_failed(self, lane: _Lane, exc: sqlite3.Error) -> None:
         lane.stage.last_error = f"outbox: {exc}"
-        if not lane.db_failing:
-            lane.db_failing = True
-            logger.error("notify:%s: cannot use the outbox: %s (retrying)", lane.name, exc)
+        lane.outbox.failed("notify:%s: cannot use the outbox: %s (retrying)", lane.name, exc)
 
     async def _deliver(self, lane: _Lane, row: OutboxRow) -> None:
         marks = self._marks
@@ -494,7 +486,7 @@ class Notifier:
                 return
             attempts = row.attempts + 1
             if isinstance(outcome, Rejected):
-                delay = backoff_delay(1, lane.backoff_max_s, lane.backoff_max_s)
+                delay = lane.backoff.longest()
                 error = f"rejected: {outcome.error}"
                 lane.stage.count("rejected")
                 lane.stage.last_error = f"{row.event_id}: {error}"
@@ -502,12 +494,12 @@ class Notifier:
                     lane.rejected.add(row.seq)
                     logger.error("notify:%s: %s %s (%s) %s; kept and retried every ~%g s; later events of "
                                  "the subject wait", lane.name, row.subject, row.event_id, _body_type(row), error,
-                                 lane.backoff_max_s)
+                                 lane.backoff.max_s)
                 else:
                     logger.debug("notify:%s: %s still rejected: %s", lane.name, row.event_id, error)
             else:
                 assert isinstance(outcome, Retry)
-                delay = backoff_delay(attempts, lane.backoff_min_s, lane.backoff_max_s, outcome.retry_after)
+                delay = lane.backoff.delay(attempts, outcome.retry_after)
                 error = outcome.error
                 lane.stage.count("retried")
                 self._failed(lane, error, attempts, delay)
@@ -522,23 +514,15 @@ class Notifier:
 
     def _failed(self, lane: _Lane, error: str, attempts: int, delay: float) -> None:
         lane.stage.last_error = error
-        lane.consecutive_failures += 1
-        if not lane.failing and lane.consecutive_failures >= FAILING_AFTER:
-            lane.failing = True
-            if not lane.dest.tracks_connection:
-                lane.stage.connected = False
-            logger.warning("notify:%s: delivery failing: %s; events wait in the outbox and are retried",
-                           lane.name, error)
-        else:
-            logger.debug("notify:%s: attempt %d failed: %s; next in %.2f s", lane.name, attempts, error, delay)
+        if lane.delivery.failed("notify:%s: delivery failing (attempt %d, next in %.2f s): %s; events wait in the "
+                                "outbox and are retried", lane.name, attempts, delay, error) \
+                and not lane.dest.tracks_connection:
+            lane.stage.connected = False
 
     def _recovered(self, lane: _Lane) -> None:
-        lane.consecutive_failures = 0
         if not lane.dest.tracks_connection:
             lane.stage.connected = True
-        if lane.failing:
-            lane.failing = False
-            logger.info("notify:%s: delivering again (%d pending)", lane.name, lane.stage.depth)
+        lane.delivery.recovered("notify:%s: delivering again (%d pending)", lane.name, lane.stage.depth)
 
 
 def _body_type(row: OutboxRow) -> str:

@@ -74,7 +74,6 @@ import concurrent.futures
 import contextlib
 import logging
 import math
-import random
 import signal
 import sqlite3
 import sys
@@ -87,6 +86,7 @@ from typing import Any, Literal, TypeVar
 from gateway.errors import ConfigError, SinkUnavailable
 from gateway.health import Health, Stage
 from gateway.profiles.loader import Catalog
+from gateway.retry import Backoff, EdgeLog
 from gateway.settings import InfluxSettings
 from gateway.sinks.influx import InfluxSink, LineEncoder, Rejected, Row, sql_line
 from gateway.store.sqlite import (
@@ -201,22 +201,6 @@ def _tx(db: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Con
     db.execute("COMMIT")
 
 
-class _Backoff:
-    def __init__(self, lo: float, hi: float) -> None:
-        self.lo, self.hi, self.n = lo, hi, 0
-
-    def next(self, retry_after: float | None) -> float:
-        base = min(self.hi, self.lo * (2 ** min(self.n, 30)))
-        self.n += 1
-        delay = random.uniform(base / 2, base)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, RETRY_AFTER_MAX_S))
-        return delay
-
-    def reset(self) -> None:
-        self.n = 0
-
-
 class Forwarder:
     """Forwards committed readings to one InfluxDB sink; see the module docstring.
 
@@ -247,7 +231,7 @@ class Forwarder:
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._up: bool | None = None
         self._down_since = 0.0
-        self._evicting = False
+        self._evicting = EdgeLog(logger)
         self._evicted_total = 0
         self._cursor = 0  # bulk lane, as committed
         self._urgent_cursor = 0
@@ -315,7 +299,7 @@ class Forwarder:
 
     async def _lane(self, body: Callable[[sqlite3.Connection], Awaitable[None]], db: sqlite3.Connection) -> None:
         """Run a lane; a store error (locked past busy_timeout, disk full) is logged and retried, never fatal."""
-        delay = BACKOFF_MIN_S
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S, jitter=0.0)
         while True:
             try:
                 await body(db)
@@ -325,8 +309,7 @@ class Forwarder:
                         db.execute("ROLLBACK")
                 logger.error("%s: store error, retrying from the durable cursor: %s", self.name, exc)
                 self._stage.last_error = f"store error: {exc}"
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
 
     # ------------------------------------------------------------------ plumbing
 
@@ -524,6 +507,10 @@ class Forwarder:
 
     # ------------------------------------------------------------------ health
 
+    def _new_backoff(self) -> Backoff:
+        """A write's or a probe's backoff: capped, jittered, ``Retry-After`` honoured up to RETRY_AFTER_MAX_S."""
+        return Backoff(*self._backoff, retry_after_max_s=RETRY_AFTER_MAX_S)
+
     def _failed(self, exc: SinkUnavailable) -> None:
         if self._up is not False:
             self._down_since = time.monotonic()
@@ -546,15 +533,12 @@ class Forwarder:
         if n:
             self._evicted_total += n
             self._stage.count("evicted", n)
-            if not self._evicting:
-                logger.warning("%s: backlog %.1f MB is over influx.max_backlog_mb %.1f: evicting the oldest bulk "
-                               "readings (urgent ones are kept)", self.name, mb, self.settings.max_backlog_mb)
+            self._evicting.failed("%s: backlog %.1f MB is over influx.max_backlog_mb %.1f: evicting the oldest bulk "
+                                  "readings (urgent ones are kept)", self.name, mb, self.settings.max_backlog_mb)
             logger.debug("%s: evicted %d bulk readings", self.name, n)
-            self._evicting = True
-        elif self._evicting:
-            logger.info("%s: backlog %.1f MB is under the bound again; %d bulk readings evicted so far",
-                        self.name, mb, self._evicted_total)
-            self._evicting = False
+        else:
+            self._evicting.recovered("%s: backlog %.1f MB is under the bound again; %d bulk readings evicted so far",
+                                     self.name, mb, self._evicted_total)
 
     # ------------------------------------------------------------------ the database's own restarts
 
@@ -571,8 +555,9 @@ class Forwarder:
         """Read the database's identity when there is a reason to; a new one means it restarted."""
         last = -math.inf
         pause = 0.0  # with no write to look after, the next probe comes this long after the last
-        failing = _Backoff(*self._backoff)
+        failing = self._new_backoff()
         known: bool | None = None  # does an endpoint report an identity?
+        blind = EdgeLog(logger)  # ... logged when none does, and when one does again
         while True:
             while not self._probe_now:
                 due = last + pause
@@ -595,14 +580,12 @@ class Forwarder:
                 continue
             failing.reset()
             if inst.identity is None:
-                if known is not False:
-                    logger.warning("%s: cannot tell when the database restarts (%s): readings it acknowledged "
-                                   "shortly before a crash of its own would not be re-sent", self.name, inst.detail)
+                if blind.failed("%s: cannot tell when the database restarts (%s): readings it acknowledged shortly "
+                                "before a crash of its own would not be re-sent", self.name, inst.detail):
                     self._stage.last_error = f"database restarts not detectable: {inst.detail}"
                 known, pause = False, UNKNOWN_RETRY_S
                 continue
-            if known is False:
-                logger.info("%s: database restarts detectable again (%s)", self.name, inst.identity)
+            blind.recovered("%s: database restarts detectable again (%s)", self.name, inst.identity)
             known, pause = True, IDLE_CHECK_S
             if self._identity is None:
                 await self._thread(self._save_instance, db, inst.identity, asked_at)
@@ -634,7 +617,7 @@ class Forwarder:
 
     # ------------------------------------------------------------------ lanes
 
-    async def _send(self, batch: _Batch, backoff: _Backoff,
+    async def _send(self, batch: _Batch, backoff: Backoff,
                     on_wait: Callable[[], Awaitable[None]] | None) -> list[Rejected]:
         """Write one batch until the sink confirms; returns what it rejected."""
         while True:
@@ -670,7 +653,7 @@ class Forwarder:
         wake = self._wake_urgent if urgent else self._wake_bulk
         idle_wait = URGENT_POLL_S if urgent else s.flush_interval_s
         flush_wait = 0.0 if urgent else s.flush_interval_s
-        backoff = _Backoff(*self._backoff)
+        backoff = self._new_backoff()
         next_evict = time.monotonic() + EVICT_CHECK_UP_S
         next_down_evict = 0.0
         last_idle_commit = 0.0

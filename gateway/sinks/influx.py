@@ -39,11 +39,11 @@ is what makes the forwarder's at-least-once delivery exactly-once in the databas
 overwrites; VictoriaMetrics needs ``-dedup.minScrapeInterval=1ms``, without it it keeps both
 copies of a re-sent sample).
 
-Errors (Telegraf's retryable / partial classification):
+Errors (Telegraf's retryable / partial classification, :func:`gateway.retry.classify_http`):
 
-- retryable: connection errors, timeouts, 5xx, 408, 429 (``Retry-After`` honoured), and 401/403/404
-  (credentials or database wrong: an operator must act, and nothing is thrown away meanwhile)
-  → :class:`~gateway.errors.SinkUnavailable`;
+- retryable: connection errors, timeouts, 5xx, 408, 425, 429 (``Retry-After`` honoured), and
+  1xx/3xx/401/403/404 (URL, credentials or database wrong: an operator must act, and nothing is
+  thrown away meanwhile) → :class:`~gateway.errors.SinkUnavailable`;
 - rejected: other 4xx (400 bad line, field type conflict, 413, 422): the batch is bisected until
   the offending lines are found; they are returned as :class:`Rejected` (the forwarder
   dead-letters them) and every other line is written. InfluxDB 1.x writes the good points of a
@@ -70,18 +70,19 @@ than about two days in the future: such points are dropped by the server without
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import gzip
 import logging
 import math
-import time
+import ssl
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.errors import ConfigError, SinkUnavailable
 from gateway.profiles.loader import Catalog
+from gateway.retry import HttpClass, classify_http, retry_after
 from gateway.settings import InfluxSettings
+from gateway.tls import client_context
 
 __all__ = ["QUALITY_CODES", "InfluxSink", "Instance", "LineEncoder", "Rejected", "Row", "sql_line"]
 
@@ -238,7 +239,7 @@ class _Prober:
         headers = {"Authorization": f"Token {s.token}"} if s.token else {}
         auth = (s.username, s.password or "") if s.username else None
         self._client = httpx.Client(base_url=(s.url or "").rstrip("/"), headers=headers, auth=auth,
-                                    timeout=min(s.timeout_s, PROBE_TIMEOUT_S), verify=s.verify_tls)
+                                    timeout=min(s.timeout_s, PROBE_TIMEOUT_S), verify=_verify(s))
         methods = [self._debug_vars, self._ready, self._metrics]
         if s.api == "v2":
             methods = [self._ready, self._metrics, self._debug_vars]
@@ -277,7 +278,7 @@ class _Prober:
     def _lines(self, path: str) -> Generator[str, None, None]:
         """The answer's lines, read as they come (stop early by leaving the loop); _NotHere unless 200."""
         with self._client.stream("GET", path) as resp:
-            if resp.status_code >= 500 or resp.status_code in (408, 429):
+            if classify_http(resp.status_code) is HttpClass.RETRY:
                 raise SinkUnavailable(f"identity probe: GET {path}: HTTP {resp.status_code}", sink=self._name)
             if resp.status_code != 200:
                 raise _NotHere(f"GET {path}: HTTP {resp.status_code}")
@@ -360,8 +361,12 @@ class _V2Transport:
         self._name = name
         self._org = s.org or ""
         self._bucket = s.bucket
+        ctx = _verify(s)
         self._client = InfluxDBClient(url=s.url or "", token=token, org=self._org, timeout=int(s.timeout_s * 1000),
-                                      enable_gzip=False, verify_ssl=s.verify_tls)
+                                      enable_gzip=False, verify_ssl=s.tls.verify,
+                                      ssl_context=ctx if isinstance(ctx, ssl.SSLContext) else None)
+        if not (s.tls.verify and s.tls.check_hostname):  # urllib3 checks the name itself unless told not to
+            self._client.api_client.rest_client.pool_manager.connection_pool_kw["assert_hostname"] = False
         self._service = WriteService(self._client.api_client)  # type: ignore[no-untyped-call]
 
     def post(self, body: bytes, gzipped: bool) -> tuple[int, str, str | None]:
@@ -403,7 +408,7 @@ class _V1Transport:
             headers["Authorization"] = f"Token {s.token}"
         auth = (s.username, s.password or "") if s.username else None
         self._client = httpx.Client(base_url=(s.url or "").rstrip("/"), headers=headers, auth=auth,
-                                    timeout=s.timeout_s, verify=s.verify_tls)
+                                    timeout=s.timeout_s, verify=_verify(s))
         self._params = {"db": s.bucket, "precision": "ms"}
 
     def post(self, body: bytes, gzipped: bool) -> tuple[int, str, str | None]:
@@ -422,18 +427,9 @@ class _V1Transport:
         self._client.close()
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _verify(s: InfluxSettings) -> ssl.SSLContext | bool:
+    """How the clients check the database: ``influx.tls`` for an https URL (reads its files)."""
+    return client_context(s.tls, "influx") if (s.url or "").startswith("https://") else True
 
 
 class InfluxSink:
@@ -510,18 +506,19 @@ class InfluxSink:
         gz = self.settings.gzip
         if gz:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-        status, text, retry_after = transport.post(body, gz)
-        if 200 <= status < 300:
+        status, text, wait = transport.post(body, gz)
+        kind = classify_http(status)
+        if kind is HttpClass.OK:
             return None
         text = text.strip()[:500]
-        if status < 400:
-            raise SinkUnavailable(f"unexpected answer HTTP {status}: {text}", sink=self.name)
-        if status in (429, 503) or status >= 500 or status == 408:
-            raise SinkUnavailable(f"HTTP {status}: {text}", sink=self.name, retry_after=_retry_after(retry_after))
-        if status in (401, 403):
+        if kind is HttpClass.RETRY:
+            raise SinkUnavailable(f"HTTP {status}: {text}", sink=self.name, retry_after=retry_after(wait))
+        if kind is HttpClass.REJECT:
+            return f"HTTP {status}: {text}"
+        if status in (401, 403):  # HttpClass.FIX from here: an operator must act, nothing is thrown away
             raise SinkUnavailable(f"HTTP {status}: credentials refused (check influx.token/username): {text}",
-                                  sink=self.name, retry_after=_retry_after(retry_after))
+                                  sink=self.name, retry_after=retry_after(wait))
         if status == 404:
             raise SinkUnavailable(f"HTTP 404: no such database/bucket {self.settings.bucket!r} or endpoint: {text}",
                                   sink=self.name)
-        return f"HTTP {status}: {text}"
+        raise SinkUnavailable(f"unexpected answer HTTP {status}: {text}", sink=self.name)

@@ -98,6 +98,7 @@ from gateway.normalize.registers import (
 )
 from gateway.profiles.loader import Catalog
 from gateway.profiles.models import Device, ModbusDeviceBinding
+from gateway.retry import Backoff
 from gateway.sources.base import CommitFn, DeviceStatusChange, PollBatch
 
 __all__ = [
@@ -117,6 +118,8 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: Reconnect backoff of a link whose connection is down.
 _LINK_BACKOFF_START_S = 0.5
+#: Both without jitter: a device's probes stay on its poll schedule's slots.
+_DEVICE_BACKOFF = Backoff(BACKOFF_START_S, BACKOFF_MAX_S, jitter=0.0)
 #: A probe of a backed-off device waits for an idle window at most this long.
 _PROBE_MAX_DEFER_S = 30.0
 #: A link's devices are spread over this fraction of their interval; the rest is left idle for probes.
@@ -193,7 +196,7 @@ class _DeviceState:
     reads: DeviceReads
     due: float = 0.0
     online: bool | None = None  # None until the first poll
-    backoff_s: float = 0.0
+    failed_probes: int = 0  # in a row while unreachable: _DEVICE_BACKOFF's schedule
     excused: int = 0  # polls in a row skipped because the link was possibly busy
     last: dict[str, _Last] = field(default_factory=dict)
     # when a dead letter was last sent, by (table, address, block count or 0 for a point)
@@ -539,7 +542,7 @@ class _Link:
         return None
 
     async def _reconnect(self) -> None:
-        delay = _LINK_BACKOFF_START_S
+        backoff = Backoff(_LINK_BACKOFF_START_S, BACKOFF_MAX_S, jitter=0.0)
         while True:
             reason = await self._connect_once()
             if reason is None:
@@ -552,8 +555,7 @@ class _Link:
                 await self._report_link_down(reason)
             else:
                 logger.debug("%s: still down: %s", self.spec.name, reason)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(backoff.next())
 
     async def _report_link_down(self, reason: str) -> None:
         now_ms = self._clock()
@@ -811,11 +813,12 @@ class _Link:
             batch.status.append(DeviceStatusChange(st.device_id, "unreachable", now_ms, reason, None))
             batch.readings.extend(self._missing(st, now_ms, now))
             st.online = False
-            st.backoff_s = BACKOFF_START_S
+            st.failed_probes = 1
         else:
             logger.debug("%s: %s still unreachable: %s", self.spec.name, st.device_id, reason)
-            st.backoff_s = min(max(st.backoff_s * 2, BACKOFF_START_S), BACKOFF_MAX_S)
-        st.due = _next_slot(st.due, st.plan.poll_interval_s, now + st.backoff_s - st.plan.poll_interval_s)
+            st.failed_probes += 1
+        backoff_s = _DEVICE_BACKOFF.delay(st.failed_probes)
+        st.due = _next_slot(st.due, st.plan.poll_interval_s, now + backoff_s - st.plan.poll_interval_s)
         self._push(self._probing, st)
 
     def _device_answered(
@@ -831,7 +834,7 @@ class _Link:
                 logger.info("%s: unit %s (%s) answers again", self.spec.name, st.binding.unit, st.device_id)
             batch.status.append(DeviceStatusChange(st.device_id, "online", now_ms, "", None))
             st.online = True
-            st.backoff_s = 0.0
+            st.failed_probes = 0
         keepalive = st.plan.keepalive_s
         site = st.device.site_id
         for block, data in results:

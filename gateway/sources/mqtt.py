@@ -1,14 +1,17 @@
 """The MQTT source (paho-mqtt 2.x): QoS 1, persistent session, acknowledgement after commit.
 
-This is the only module that imports paho. Messages go to the committer's bounded inbox from
+This module holds the source's paho code (the client itself is built by ``gateway/mqtt_client.py``,
+shared with the events publisher). Messages go to the committer's bounded inbox from
 paho's network thread; the committer calls :meth:`MqttSource.ack` once what they produced is
 committed (paho ``manual_ack``). While the inbox is full the network thread waits, so the broker
 holds the rest of the session's messages rather than anyone dropping them.
 
-Reconnects use a capped, jittered exponential backoff and resubscribe on every connect. A broker
-whose certificate does not verify, or that refuses the credentials, on the *first* connection is a
-configuration error (:class:`AuthenticationFailed`): the gateway stops with that message rather
-than retrying forever in silence.
+Reconnects use a capped, jittered exponential backoff (``mqtt.reconnect_min_s`` to
+``reconnect_max_s``, a new jittered first delay after every disconnect) and resubscribe on every
+connect. A broker whose certificate does not verify, or that refuses the credentials, on the
+*first* connection (or a TLS file that cannot be loaded) is a configuration error
+(:class:`AuthenticationFailed`): the gateway stops with that message rather than retrying forever
+in silence.
 """
 
 from __future__ import annotations
@@ -16,22 +19,21 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import random
 import ssl
 import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, ConfigError
 from gateway.health import Health
 from gateway.models import RawMessage
+from gateway.mqtt_client import build_client, jitter_reconnect
+from gateway.retry import Backoff
 from gateway.settings import MqttSettings
 from gateway.sources.base import RawSink
 
@@ -66,6 +68,7 @@ class _PahoReceiver:
         self._stage = health.stage(f"source:{name}", stall_after_s=60.0)
         self._stage.connected = False
         self._client: Any = None
+        self._reconnect = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._stopping = False
         self._ever_connected = False
         self._first_result = threading.Event()
@@ -76,25 +79,12 @@ class _PahoReceiver:
 
     def _build(self) -> Any:
         s = self._settings
-        protocol = MQTTProtocolVersion.MQTTv5 if s.protocol == "5" else MQTTProtocolVersion.MQTTv311
-        kwargs: dict[str, Any] = {"callback_api_version": CallbackAPIVersion.VERSION2, "client_id": s.client_id,
-                                  "protocol": protocol, "manual_ack": True}
-        if protocol == MQTTProtocolVersion.MQTTv311:
-            kwargs["clean_session"] = False
-        client = paho.Client(**kwargs)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            try:
-                client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None,
-                               certfile=str(s.cert_file) if s.cert_file else None,
-                               keyfile=str(s.key_file) if s.key_file else None,
-                               cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise AuthenticationFailed(f"cannot load TLS files: {exc}", source=self.name) from exc
-            if s.tls_insecure:
-                client.tls_insecure_set(True)
-        client.reconnect_delay_set(min_delay=s.reconnect_min_s, max_delay=s.reconnect_max_s)  # type: ignore[arg-type]
+        try:
+            client = build_client(section="mqtt", client_id=s.client_id, protocol=s.protocol, username=s.username,
+                                  password=s.password, secure=s.secure, tls=s.tls, reconnect=self._reconnect,
+                                  manual_ack=True)
+        except ConfigError as exc:
+            raise AuthenticationFailed(str(exc), source=self.name) from exc
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -214,11 +204,7 @@ class _PahoReceiver:
         if self._stopping:
             self._stage.connected = False
             return
-        s = self._settings
-        # Jitter: each disconnect draws a new base delay, so a fleet of gateways does not reconnect
-        # in lock-step after a broker restart. paho doubles it up to the cap.
-        client.reconnect_delay_set(min_delay=s.reconnect_min_s * random.uniform(0.5, 1.5),
-                                   max_delay=s.reconnect_max_s)
+        jitter_reconnect(client, self._reconnect)  # a fleet of gateways must not reconnect in lock-step
         self._stage.set_connected(False, f"disconnected: {reason_code}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
