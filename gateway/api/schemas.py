@@ -28,6 +28,7 @@ from gateway.models import PointClass, Quality
 from gateway.profiles.models import Domain
 
 __all__ = [
+    "REJECTED",
     "TIME_MAX",
     "TIME_MIN",
     "ActionIn",
@@ -71,6 +72,7 @@ __all__ = [
     "ValidationIssue",
     "WhoAmI",
     "errors",
+    "json_errors",
 ]
 
 # ---------------------------------------------------------------------------- the vocabulary
@@ -173,9 +175,15 @@ class ValidationIssue(_Out):
 
 
 class Rejected(_Out):
-    """422: the request does not fit its schema (a list of issues), or the profile went past a limit."""
+    """422: the request does not fit its schema (a list of issues), a value is outside what the route
+    takes (a sentence: a time outside 1970..2999), or a profile went past a limit (its problems)."""
 
-    detail: list[ValidationIssue] | Problems
+    detail: list[ValidationIssue] | Problems | str
+
+
+#: ``responses=`` for a route whose 422 is not only FastAPI's list of issues.
+REJECTED: dict[int | str, dict[str, Any]] = {422: {"model": Rejected, "description": "not a request this route "
+                                                                                     "takes"}}
 
 
 _ERRORS: dict[int, str] = {
@@ -192,6 +200,13 @@ _ERRORS: dict[int, str] = {
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` documentation of these error statuses (each answers ``{"detail": "..."}``)."""
     return {code: {"model": Error, "description": _ERRORS[code]} for code in codes}
+
+
+def json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """:func:`errors` for a route whose success is not JSON (FastAPI would file the error model under
+    the route's own media type); the reference resolves because other routes document :class:`Error`."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {code: {"description": _ERRORS[code], "content": error} for code in codes}
 
 
 # ------------------------------------------------------------------ health

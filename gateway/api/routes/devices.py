@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from gateway.api.deps import Api, Viewer, epoch_ms
-from gateway.api.schemas import DeadLetter, Device, Reading, errors
+from gateway.api.schemas import REJECTED, DeadLetter, Device, Reading, errors
 from gateway.profiles.loader import Catalog
 from gateway.store.workflow import iso
 
@@ -17,6 +17,8 @@ __all__ = ["PAGE_BYTES", "device_row", "router"]
 
 #: A page of dead letters holds about this much at most, whatever ``limit`` says.
 PAGE_BYTES = 1_048_576
+#: The largest id SQLite can hold (a larger ``before`` once made the store raise: a 500).
+_ID_MAX = 2**63 - 1
 
 router = APIRouter(tags=["devices"], responses=errors(401, 503))
 
@@ -58,7 +60,7 @@ def device(api: Api, device_id: str, _: Viewer) -> Device:
     return device_row(cat, device_id, state)
 
 
-@router.get("/api/v1/readings")
+@router.get("/api/v1/readings", responses=REJECTED)
 def readings(api: Api, _: Viewer, device: str, metric: str | None = None, since: datetime | None = None,
              until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
              ) -> list[Reading]:
@@ -74,7 +76,7 @@ def readings(api: Api, _: Viewer, device: str, metric: str | None = None, since:
 
 @router.get("/api/v1/dead-letters")
 def dead_letters(api: Api, _: Viewer, limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-                 before: Annotated[int | None, Query(ge=1, description="page on: ids below this")] = None
+                 before: Annotated[int | None, Query(ge=1, le=_ID_MAX, description="page on: ids below this")] = None
                  ) -> list[DeadLetter]:
     """Newest first. A page holds at most ``limit`` rows and about 1 MiB; each payload is at most its
     first 4 KiB (``size`` is the real size, ``truncated`` says so). Page on with ``before=<last id>``."""

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from gateway.api.deps import Api, Viewer
-from gateway.api.schemas import Readiness, Stats, Status, WhoAmI, errors
+from gateway.api.schemas import Readiness, Stats, Status, WhoAmI, errors, json_errors
 
 __all__ = ["router"]
 
@@ -46,7 +46,7 @@ def readyz(api: Api, _: Viewer, response: Response) -> Readiness:
                                      "stages": stages})
 
 
-@router.get("/metrics", response_class=PlainTextResponse, responses=errors(503))
+@router.get("/metrics", response_class=PlainTextResponse, responses=json_errors(401, 503))
 def metrics(api: Api, _: Viewer) -> str:
     lines = []
     with api.store() as st:

@@ -10,15 +10,13 @@ from fastapi import APIRouter, HTTPException
 from gateway.api.auth import Caller
 from gateway.api.deps import Admin, Api, ApiState, Viewer
 from gateway.api.sandbox import SandboxBusy, SandboxLimit
-from gateway.api.schemas import Activation, DryRun, ProblemsError, ProfileIn, ProfileSummary, Rejected, errors
+from gateway.api.schemas import REJECTED, Activation, DryRun, ProblemsError, ProfileIn, ProfileSummary, errors
 from gateway.errors import ConfigError
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["profiles"], responses=errors(401))
-_DRY_RUN_ERRORS: dict[int | str, dict[str, Any]] = {
-    **errors(413, 429), 422: {"model": Rejected, "description": "the request does not fit its schema, or the "
-                                                                "profile went past a limit (nesting, size, time)"}}
+_DRY_RUN_ERRORS = {**errors(413, 429), **REJECTED}
 
 
 @router.get("/api/v1/profiles")
