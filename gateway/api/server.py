@@ -29,6 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.api.app import create_app
 from gateway.api.deps import ApiContext, ApiState
+from gateway.retry import Backoff
 
 __all__ = ["AcceptGate", "ApiServer", "GuardedH11Protocol", "guarded_protocol"]
 
@@ -217,7 +218,7 @@ class ApiServer:
 
     async def _serve(self) -> None:
         listen = self.ctx.settings.api.listen
-        delay = self.RETRY_MIN_S
+        backoff = Backoff(self.RETRY_MIN_S, self.RETRY_MAX_S, jitter=0.0)
         while not self._stopping.is_set():
             try:
                 sock = self._bind()
@@ -225,10 +226,9 @@ class ApiServer:
                 reason = f"cannot listen on {listen}: {exc.strerror or exc}; the API is not serving, ingestion goes on"
                 if self._stage.fail(reason + f"; retrying (backoff up to {self.RETRY_MAX_S:.0f} s)"):
                     self._stage.connected = False
-                await asyncio.to_thread(self._stopping.wait, delay)
-                delay = min(delay * 2, self.RETRY_MAX_S)
+                await asyncio.to_thread(self._stopping.wait, backoff.next())
                 continue
-            delay = self.RETRY_MIN_S
+            backoff.reset()
             server = self._server = self._new_server()
             if self._stopping.is_set():  # a stop that came while binding
                 server.should_exit = True
@@ -248,7 +248,7 @@ class ApiServer:
                 watch.cancel()
                 sock.close()
             if not self._stopping.is_set():
-                await asyncio.to_thread(self._stopping.wait, delay)
+                await asyncio.to_thread(self._stopping.wait, backoff.delay(1))
 
     @staticmethod
     async def _hand_servers_to_the_gate(server: _Server, gate: AcceptGate) -> None:
