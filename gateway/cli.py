@@ -122,7 +122,7 @@ def cmd_profiles_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles_try(args: argparse.Namespace) -> int:
-    from gateway.normalize.json_decoder import JsonDecoder
+    from gateway.normalize.sample import decode_sample
     from gateway.profiles.loader import load_profile
     from gateway.profiles.models import Profile
 
@@ -132,12 +132,7 @@ def cmd_profiles_try(args: argparse.Namespace) -> int:
     profile: Profile = load_profile(path)
     sample = Path(args.sample).read_bytes() if args.sample != "-" else sys.stdin.buffer.read()
     now = int(time.time() * 1000)
-    if profile.transport == "mqtt":
-        readings = JsonDecoder(profile).decode(sample.strip(), "(site)", "(device)", now)
-    else:
-        from gateway.normalize.registers import decode_dump
-
-        readings = decode_dump(profile, sample.decode(), now)
+    readings = decode_sample(profile, sample, now)
     out = [{"metric": r.metric, "value": r.value, "unit": r.unit, "ts": _iso(r.ts_ms), "quality": r.quality.value,
             "class": r.point_class.value, "urgent": r.urgent} for r in readings]
     if args.json:

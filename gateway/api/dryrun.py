@@ -50,14 +50,9 @@ def dry_run(profile_yaml: str, sample: str | None) -> dict[str, Any]:
     if sample is not None and not problems:
         now = int(time.time() * 1000)
         try:
-            if prof.transport == "mqtt":
-                from gateway.normalize.json_decoder import JsonDecoder
+            from gateway.normalize.sample import decode_sample
 
-                rs = JsonDecoder(prof).decode(sample.encode("utf-8", "replace"), "(site)", "(device)", now)
-            else:
-                from gateway.normalize.registers import decode_dump
-
-                rs = decode_dump(prof, sample, now)
+            rs = decode_sample(prof, sample, now)
         except DecodeError as exc:
             problems.append(f"sample: {exc}")
         except Exception as exc:  # the decoders contain their failures; this is the last guard
