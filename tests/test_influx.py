@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import threading
 import time
@@ -1019,3 +1020,76 @@ def test_influxdb1_identity_is_its_start_time(influx1: InfluxDB1) -> None:
         influx1.start()
         again = sink.instance()
         assert again.identity is not None and again.identity != first.identity
+
+
+# ---------------------------------------------------------------------------- TLS (influx.tls)
+
+
+class _TlsFakeInfluxDB2(_FakeInfluxDB2):
+    """The fake over HTTPS, wanting a client certificate signed by ``ca``."""
+
+    def __init__(self, cert: Path, key: Path, ca: Path) -> None:
+        super().__init__()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.load_verify_locations(cafile=str(ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        self.socket = ctx.wrap_socket(self.socket, server_side=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_mqtt_tls import _make_ca, _openssl
+
+    d = tmp_path_factory.mktemp("influx-certs")
+    _make_ca(d, "ca")
+    _make_ca(d, "rogue-ca")
+    for name, san in (("server", "IP:127.0.0.1"), ("misnamed", "DNS:elsewhere.example"), ("client", None)):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=d)
+        ext = ["-extfile", f"{name}.cnf"] if san else []
+        if san:
+            (d / f"{name}.cnf").write_text(f"subjectAltName={san}\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", *ext, "-out", f"{name}.crt", cwd=d)
+    return d
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+@pytest.mark.parametrize(("server", "tls", "works"), [
+    ("server", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, True),
+    ("server", {"ca_file": "ca.crt"}, False),  # no client certificate
+    ("server", {"ca_file": "rogue-ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, False),
+    ("misnamed", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, False),
+    ("misnamed", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key",
+                  "check_hostname": False}, True),
+    pytest.param("misnamed", {"verify": False, "cert_file": "client.crt", "key_file": "client.key"}, True,
+                 marks=pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")),
+])
+def test_influx_tls_block_checks_the_database_and_presents_a_client_certificate(
+        certs: Path, api: str, server: str, tls: dict[str, Any], works: bool) -> None:
+    db = _TlsFakeInfluxDB2(certs / f"{server}.crt", certs / f"{server}.key", certs / "ca.crt")
+    given = {k: str(certs / v) if isinstance(v, str) else v for k, v in tls.items()}
+    sink = InfluxSink(InfluxSettings.model_validate({"url": db.url, "api": api, "tls": given, "timeout_s": 5}))
+    try:
+        if works:
+            assert sink.write(["m,device=d value=1.0 1764400000000"]) == []
+            assert db.received == {"m,device=d value=1.0 1764400000000": 1}
+            assert sink.instance().identity == f"GET /ready started={db.started}"  # the probe uses it too
+        else:
+            with pytest.raises(SinkUnavailable):
+                sink.write(["m,device=d value=1.0 1764400000000"])
+            assert db.received == {}
+    finally:
+        sink.close()
+        db.stop()
+
+
+def test_influx_flat_verify_tls_key_still_switches_verification_off(certs: Path) -> None:
+    settings = InfluxSettings.model_validate({"url": "https://127.0.0.1:1", "verify_tls": False,
+                                              "ca_file": str(certs / "ca.crt")})
+    assert (settings.tls.verify, settings.tls.ca_file) == (False, certs / "ca.crt")
