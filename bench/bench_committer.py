@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.committer import Committer
 from gateway.health import Health
 from gateway.models import RawMessage
 from gateway.profiles.loader import Catalog, load_catalog
 from gateway.profiles.models import Inventory
+from gateway.runtime.committer import Committer
+from gateway.runtime.hooks import WorkflowHooks
 from gateway.store.sqlite import Store
-from gateway.workflow_hooks import WorkflowHooks
 from simulators.fleet import _payload, build_devices, inventory_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,10 +22,10 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from gateway.hazards.codes import SiteCode, site_code
     from gateway.hazards.lifecycle import FireEvent, Hazard, HazardEvent, Workflow
     from gateway.models import DeadLetter, PointClass, Quality, RawMessage, Reading
-    from gateway.pipeline import Gateway
     from gateway.profiles.loader import Catalog, load_catalog
     from gateway.profiles.models import Device, Inventory, Profile, Site
     from gateway.rules.engine import RuleEngine
+    from gateway.runtime.pipeline import Gateway
     from gateway.settings import GatewaySettings, load_settings
 
 _WHERE: dict[str, str] = {
@@ -37,7 +37,7 @@ _WHERE: dict[str, str] = {
     "Device": "gateway.profiles.models",
     "FireEvent": "gateway.hazards.lifecycle",
     "FiregwError": "gateway.errors",
-    "Gateway": "gateway.pipeline",
+    "Gateway": "gateway.runtime.pipeline",
     "GatewaySettings": "gateway.settings",
     "Hazard": "gateway.hazards.lifecycle",
     "HazardEvent": "gateway.hazards.lifecycle",

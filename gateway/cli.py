@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     raise_file_limit()
     os.umask(0o077)  # the store, its WAL, activated profiles: readable by the gateway's user only
-    from gateway.pipeline import Gateway
+    from gateway.runtime.pipeline import Gateway
 
     gw = Gateway(settings)
 

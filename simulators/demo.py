@@ -68,7 +68,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: float = 1.0,
              workflow: str = "record") -> int:
-    from gateway.pipeline import Gateway
+    from gateway.runtime.pipeline import Gateway
     from gateway.settings import load_settings
     from gateway.store.sqlite import Store
 

@@ -30,10 +30,10 @@ from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.models import DeadLetter, PointClass, Quality, Reading
 from gateway.profiles.loader import Catalog, load_catalog
+from gateway.runtime.hooks import WorkflowHooks
 from gateway.settings import GatewaySettings
 from gateway.store.sqlite import Store
 from gateway.store.workflow import WorkflowStore, event_body
-from gateway.workflow_hooks import WorkflowHooks
 from tests.support import PROFILES
 
 TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789",
@@ -67,7 +67,7 @@ INVENTORY = {"sites": [_site("site-a", "安昌街道", "AC-01", "industrial"),
 
 class Committer:
     """The committer's part in the API's actions, without its thread: the real workflow hooks on the
-    store, one call at a time, each in a transaction (``gateway.pipeline`` does the same through the
+    store, one call at a time, each in a transaction (``gateway.runtime.pipeline`` does the same through the
     committer)."""
 
     def __init__(self, path: Path, catalog: Catalog) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.committer import Committer
 from gateway.health import Health
 from gateway.models import RawMessage, Reading
 from gateway.profiles.loader import Catalog, load_catalog
+from gateway.runtime.committer import Committer
+from gateway.runtime.hooks import WorkflowHooks
 from gateway.store.sqlite import Store
-from gateway.workflow_hooks import WorkflowHooks
 from tests.support import PROFILES, ROOT, wait_for
 
 BUTTON = "fire/kq-ac-baolong-wh3/button/btn-ac-0001/up"

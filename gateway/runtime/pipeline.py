@@ -16,10 +16,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from gateway.committer import Committer, Hooks, RetentionPolicy
 from gateway.errors import ConfigError
 from gateway.health import Health
 from gateway.profiles.loader import Catalog, load_catalog
+from gateway.retry import Backoff
+from gateway.runtime.committer import Committer, Hooks, RetentionPolicy
 from gateway.settings import GatewaySettings
 from gateway.sources.base import PollBatch
 from gateway.sources.mqtt import MqttSource
@@ -68,7 +69,7 @@ class Gateway:
         if self._hooks_factory is not None:
             hooks: Hooks = self._hooks_factory(self.catalog, s)
         else:
-            from gateway.workflow_hooks import WorkflowHooks
+            from gateway.runtime.hooks import WorkflowHooks
 
             hooks = self.workflow = WorkflowHooks(
                 self.catalog, self.health, destinations=notifier.destinations() if notifier else ())
@@ -225,7 +226,7 @@ class Gateway:
         """Wait for ``stop``. A service task that ends with an error is restarted with backoff (and
         shown failing in health meanwhile); one stage failing never stops the others."""
         restart_at: dict[str, float] = {}
-        delays: dict[str, float] = {}
+        backoffs = {name: Backoff(1.0, 30.0) for name in services}
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
@@ -234,7 +235,7 @@ class Gateway:
                 if not task.done() or name in restart_at:
                     continue
                 exc = None if task.cancelled() else task.exception()
-                delay = delays[name] = min(delays.get(name, 0.5) * 2, 30.0)
+                delay = backoffs[name].next()
                 self.health.stage(f"service:{name}").fail(
                     f"{name} ended ({exc!r}); restarting in {delay:.0f} s" if exc else f"{name} ended; restarting")
                 if exc is not None:

@@ -13,13 +13,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.committer import Hooks
 from gateway.hazards.lifecycle import Workflow, WorkflowEvent
 from gateway.health import Health
 from gateway.models import Reading
 from gateway.profiles.loader import Catalog
 from gateway.rules.effects import Effect, ShieldLog, TestRecord
 from gateway.rules.engine import RuleEngine
+from gateway.runtime.committer import Hooks
 from gateway.sources.base import PollBatch
 from gateway.store.sqlite import Store
 from gateway.store.workflow import WorkflowStore
