@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         TransitionError,
     )
     from gateway.hazards.codes import SiteCode, site_code
-    from gateway.hazards.lifecycle import FireEvent, Hazard, HazardEvent, Workflow
+    from gateway.hazards.lifecycle import FireEvent, Hazard, HazardEvent, Transition, Workflow
     from gateway.models import DeadLetter, PointClass, Quality, RawMessage, Reading
     from gateway.profiles.loader import Catalog, load_catalog
     from gateway.profiles.models import Device, Inventory, Profile, Site
@@ -52,6 +52,7 @@ _WHERE: dict[str, str] = {
     "Site": "gateway.profiles.models",
     "SiteCode": "gateway.hazards.codes",
     "SourceUnavailable": "gateway.errors",
+    "Transition": "gateway.hazards.lifecycle",
     "TransitionError": "gateway.errors",
     "Workflow": "gateway.hazards.lifecycle",
     "load_catalog": "gateway.profiles.loader",
@@ -83,6 +84,7 @@ __all__ = [
     "Site",
     "SiteCode",
     "SourceUnavailable",
+    "Transition",
     "TransitionError",
     "Workflow",
     "load_catalog",

@@ -198,7 +198,7 @@ def _hazard() -> dict[str, Any]:
 
 
 def _record(kind: str, snapshot: dict[str, Any]) -> dict[str, Any]:
-    return event_body(lifecycle.WorkflowEvent("e", kind, "x", "opened", 1, "system", "", snapshot))  # type: ignore[arg-type]
+    return event_body(lifecycle.Transition("e", kind, "x", "opened", 1, "system", "", snapshot))  # type: ignore[arg-type]
 
 
 def _store_rows(world: World) -> dict[str, Any]:
@@ -225,7 +225,7 @@ def test_no_response_model_drops_a_field(world: World) -> None:
         (schemas.FireEventTransition, list(_record("fire_event", _fire_event()))),
         (schemas.HazardTransition, list(_record("hazard", _hazard()))),
         (schemas.SiteTransition, list(_record("site", {"site_id": "s", "inspected_at_ms": 1}))),
-        (schemas.OverrideRecord, _dataclass_fields(lifecycle.WorkflowEvent)),
+        (schemas.OverrideRecord, _dataclass_fields(lifecycle.Transition)),
         (schemas.OverrideSnapshot, _dataclass_fields(codes.CodeOverride)),
         (schemas.Site, list(rows["site"])),
         (schemas.SeverityCounts, list(rows["site"]["hazards_by_severity"])),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.models import Quality, RawMessage
 from gateway.normalize.json_decoder import JsonDecoder, has_duplicate_keys
-from gateway.normalize.router import Decoded, MqttNormalizer
+from gateway.normalize.router import MqttNormalizer, Normalized
 from gateway.profiles.loader import Catalog, load_catalog, load_profile
 from tests.support import PROFILES, ROOT, fuzz_examples
 
@@ -43,12 +43,12 @@ def _button_topic() -> str:
     return dict(_device_topics())["onekey-alarm-button"]
 
 
-def _norm(payload: bytes, topic: str | None = None, **kw: int | float) -> Decoded:
+def _norm(payload: bytes, topic: str | None = None, **kw: int | float) -> Normalized:
     n = MqttNormalizer(_catalog(), **kw)  # type: ignore[arg-type]
     return n.normalize(RawMessage("mqtt", topic or _button_topic(), payload, NOW))
 
 
-def _values(d: Decoded) -> dict[str, object]:
+def _values(d: Normalized) -> dict[str, object]:
     return {r.metric: r.value for r in d.readings}
 
 

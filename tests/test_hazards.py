@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import TransitionError
 from gateway.hazards.codes import CodeOverride, clear_override, set_override, site_code
-from gateway.hazards.lifecycle import EscalationPolicy, FireEvent, Hazard, Workflow, WorkflowEvent
+from gateway.hazards.lifecycle import EscalationPolicy, FireEvent, Hazard, Transition, Workflow
 from gateway.models import Reading
 from gateway.rules.effects import Condition, FireSignal, ShieldLog
 from gateway.rules.engine import RuleEngine
@@ -37,7 +37,7 @@ def cond(active: bool = True, at: int = T0, rule: str = "pump1_mode_held", sever
                      "Pump cabinet not in automatic mode", hard, auto_close, [{"value": 0}])
 
 
-def types(records: list[WorkflowEvent]) -> list[str]:
+def types(records: list[Transition]) -> list[str]:
     return [r.type for r in records]
 
 

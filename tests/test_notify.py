@@ -28,7 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.errors import ConfigError
-from gateway.hazards.lifecycle import Workflow, WorkflowEvent
+from gateway.hazards.lifecycle import Transition, Workflow
 from gateway.health import Health, Stage
 from gateway.notify import Delivered, Notifier, Rejected, Retry, backoff_delay
 from gateway.notify.webhook import classify, parse_retry_after, sign
@@ -77,7 +77,7 @@ class Book:
         self.now += 1
         return self.now
 
-    def fires(self, n: int) -> list[list[WorkflowEvent]]:
+    def fires(self, n: int) -> list[list[Transition]]:
         """n fire events, each opened → acknowledged → on_scene → resolved, steps interleaved."""
         opened = self.w.apply([FireSignal("S1", f"B{i}", "fire_alarm", "fire_alarm", self.now) for i in range(n)],
                               self.tick())
@@ -87,7 +87,7 @@ class Book:
                                                                   now_ms=self.tick(), **params)])
         return steps
 
-    def hazards(self, rules: list[str], severity: str = "major") -> list[list[WorkflowEvent]]:
+    def hazards(self, rules: list[str], severity: str = "major") -> list[list[Transition]]:
         """Hazards on P1 opened (proposed) and confirmed."""
         opened = self.w.apply([Condition("S1", "P1", r, True, self.now, "supervisory", severity, "水泵手动",
                                          "Pump cabinet in manual", False, False, [{"value": 0}]) for r in rules],
@@ -96,7 +96,7 @@ class Book:
                                                              now_ms=self.tick())]
         return [opened, confirmed]
 
-    def close_hazards(self, subject_ids: list[str]) -> list[list[WorkflowEvent]]:
+    def close_hazards(self, subject_ids: list[str]) -> list[list[Transition]]:
         steps = []
         for action in ("dispatch", "start", "rectified", "close"):
             steps.append([r for sid in subject_ids for r in self.w.act("hazard", sid, action, "grid-1",
@@ -104,8 +104,8 @@ class Book:
         return steps
 
 
-def _write(store: Store, steps: list[list[WorkflowEvent]], dests: list[str], notifier: Notifier | None = None
-           ) -> list[WorkflowEvent]:
+def _write(store: Store, steps: list[list[Transition]], dests: list[str], notifier: Notifier | None = None
+           ) -> list[Transition]:
     out = []
     for step in steps:
         with store.transaction() as c:
@@ -127,7 +127,7 @@ def _by_subject(bodies: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def _expected(records: list[WorkflowEvent]) -> dict[str, list[str]]:
+def _expected(records: list[Transition]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for r in records:
         out.setdefault(f"{r.kind}:{r.subject_id}", []).append(r.event_id)

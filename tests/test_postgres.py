@@ -29,7 +29,7 @@ import pytest
 from psycopg import sql
 
 from gateway.errors import ConfigError, SinkUnavailable
-from gateway.hazards.lifecycle import Workflow, WorkflowEvent
+from gateway.hazards.lifecycle import Transition, Workflow
 from gateway.store.postgres import (
     PG_SCHEMA_VERSION,
     PgStoreError,
@@ -313,7 +313,7 @@ def test_records_round_trip(pg_dsn: str) -> None:
 def test_psycopg_errors_do_not_leave_the_store(pg_dsn: str) -> None:
     w = gateway("a")
     [rec] = w.apply([cond()], T0)
-    bad = WorkflowEvent(rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note,
+    bad = Transition(rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note,
                         {**rec.snapshot, "title_en": "nul \x00 byte"})  # JSONB refuses U+0000
     with connect(pg_dsn) as conn:
         store = PgWorkflowStore(conn)
@@ -509,7 +509,7 @@ class Backend:
             with self.lite:
                 yield
 
-    def write(self, records: list[WorkflowEvent], destinations: tuple[str, ...] = ("grid",)) -> None:
+    def write(self, records: list[Transition], destinations: tuple[str, ...] = ("grid",)) -> None:
         with self.tx():
             self.store.write(records, destinations)
 

@@ -15,8 +15,8 @@ from gateway.errors import ConfigError, DecodeError
 from gateway.health import Health
 from gateway.models import Quality, Value
 from gateway.normalize.registers import (
-    Decoded,
     DeviceReads,
+    PointValue,
     ReadPass,
     RegisterPoint,
     compile_device,
@@ -94,7 +94,7 @@ def test_every_type_and_order_decodes_and_round_trips(
 ) -> None:
     rp = _rp({"address": 10, "type": rtype, "byte_order": byte_order, "word_order": word_order}, vtype=vtype)
     words = _words(fmt, value, byte_order, word_order)
-    assert decode_point(rp, words) == Decoded(value)
+    assert decode_point(rp, words) == PointValue(value)
     assert encode_point(rp, value) == words
 
 
@@ -144,7 +144,7 @@ def test_bit_of_a_32_bit_word_honours_word_order() -> None:
 
 def test_bit_as_int_point() -> None:
     rp = _rp({"address": 0, "type": "uint16", "bit": 2}, vtype="int")
-    assert decode_point(rp, [4]) == Decoded(1)
+    assert decode_point(rp, [4]) == PointValue(1)
 
 
 def test_write_point_merges_bits_of_one_word() -> None:
@@ -163,9 +163,9 @@ def test_write_point_merges_bits_of_one_word() -> None:
     assert mem[0] == 0b1000
     block = plan_reads([a, b, c])[0]
     assert [(r.name, d) for r, d in decode_block(block, mem)] == [
-        ("a", Decoded(False)),
-        ("b", Decoded(True)),
-        ("c", Decoded(-1.5)),
+        ("a", PointValue(False)),
+        ("b", PointValue(True)),
+        ("c", PointValue(-1.5)),
     ]
 
 
@@ -197,20 +197,20 @@ def test_infinity_is_a_decode_error() -> None:
 @pytest.mark.parametrize(
     ("words", "outcome"),
     [
-        ([500], Decoded(0.5)),
-        ([1700], Decoded(1.7, Quality.SUSPECT, "outside the expected range [0.05, 1.6]")),
+        ([500], PointValue(0.5)),
+        ([1700], PointValue(1.7, Quality.SUSPECT, "outside the expected range [0.05, 1.6]")),
         ([3000], DecodeError),
         ([0xFFFF], DecodeError),  # -0.001 MPa is below 0
     ],
 )
-def test_physical_and_expected_range(words: list[int], outcome: Decoded | type[DecodeError]) -> None:
+def test_physical_and_expected_range(words: list[int], outcome: PointValue | type[DecodeError]) -> None:
     rp = _rp(
         {"address": 0, "type": "int16", "scale": 0.001},
         unit="MPa",
         range=[0, 2.5],
         expected_range=[0.05, 1.6],
     )
-    if isinstance(outcome, Decoded):
+    if isinstance(outcome, PointValue):
         assert decode_point(rp, words) == outcome
     else:
         with pytest.raises(DecodeError, match=r"outside the physical range \[0, 2.5\] MPa"):
@@ -220,10 +220,10 @@ def test_physical_and_expected_range(words: list[int], outcome: Decoded | type[D
 def test_enumerations() -> None:
     enum = {0: "manual", 1: "auto", 2: "stop"}
     as_int = _rp({"address": 0, "type": "uint16"}, vtype="int", enum=enum)
-    assert decode_point(as_int, [1]) == Decoded(1)
+    assert decode_point(as_int, [1]) == PointValue(1)
     assert decode_point(as_int, [7]).quality is Quality.SUSPECT
     as_str = _rp({"address": 0, "type": "uint16"}, vtype="str", enum=enum)
-    assert decode_point(as_str, [2]) == Decoded("stop")
+    assert decode_point(as_str, [2]) == PointValue("stop")
     assert encode_point(as_str, "manual") == [0]
     with pytest.raises(DecodeError, match="not one of the documented codes"):
         decode_point(as_str, [9])
@@ -243,10 +243,10 @@ def test_source_unit_conversion() -> None:
 
 def test_coils_and_discrete_inputs() -> None:
     rp = _rp({"table": "coil", "address": 5, "type": "bool"}, vtype="bool")
-    assert decode_point(rp, [True]) == Decoded(True)
+    assert decode_point(rp, [True]) == PointValue(True)
     assert encode_point(rp, False) == [0]
     as_int = _rp({"table": "discrete", "address": 5, "type": "bool"}, vtype="int")
-    assert decode_point(as_int, [True]) == Decoded(1)
+    assert decode_point(as_int, [True]) == PointValue(1)
 
 
 @pytest.mark.parametrize(("base", "doc", "protocol"), [(0, 0, 0), (0, 100, 100), (1, 1, 0), (1, 40, 39)])
@@ -371,7 +371,7 @@ def test_one_bad_point_does_not_spoil_the_block() -> None:
     )
     block = plan_reads(compile_points(prof))[0]
     (_, r1), (_, r2) = decode_block(block, [3, 99])
-    assert r1 == Decoded(3.0)
+    assert r1 == PointValue(3.0)
     assert isinstance(r2, DecodeError) and "bad" in str(r2)
 
 
@@ -416,7 +416,7 @@ def test_shipped_profiles_round_trip_through_their_own_map(name: str) -> None:
     for block in plan_reads(points, max_gap=8):
         data = memory[block.table][block.address : block.address + block.count]
         for rp, got in decode_block(block, data):
-            assert isinstance(got, Decoded), got
+            assert isinstance(got, PointValue), got
             want = expected[rp.name]
             if isinstance(want, float):
                 assert got.value == pytest.approx(want, rel=1e-9, abs=1e-9), rp.name

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from gateway.errors import TransitionError
-from gateway.hazards.lifecycle import Hazard, WorkflowEvent, new_id
+from gateway.hazards.lifecycle import Hazard, Transition, new_id
 
 __all__ = ["CADENCE_S", "CodeOverride", "SiteCode", "clear_override", "set_override", "site_code"]
 
@@ -99,7 +99,7 @@ def site_code(open_hazards: Iterable[Hazard], override: CodeOverride | None, now
 
 def set_override(site_id: str, code: Code, reason: str, actor: str, now_ms: int, *,
                  until_ms: int | None = None, stop_business: bool = False,
-                 id_factory: Callable[[], str] = new_id) -> tuple[CodeOverride, WorkflowEvent]:
+                 id_factory: Callable[[], str] = new_id) -> tuple[CodeOverride, Transition]:
     """Override a site's code; returns the override and its audit record. Needs a reason and an actor."""
     if not reason.strip() or not actor.strip():
         raise TransitionError(f"site {site_id}: a code override needs a reason and an actor")
@@ -109,13 +109,13 @@ def set_override(site_id: str, code: Code, reason: str, actor: str, now_ms: int,
         raise TransitionError(f"site {site_id}: override expiry {until_ms} is not in the future")
     code = "red" if stop_business else code
     ov = CodeOverride(site_id, code, reason, actor, now_ms, until_ms, stop_business)
-    return ov, WorkflowEvent(id_factory(), "site", site_id, "override_set", now_ms, actor, reason, asdict(ov))
+    return ov, Transition(id_factory(), "site", site_id, "override_set", now_ms, actor, reason, asdict(ov))
 
 
 def clear_override(override: CodeOverride, actor: str, note: str, now_ms: int, *,
-                   id_factory: Callable[[], str] = new_id) -> WorkflowEvent:
+                   id_factory: Callable[[], str] = new_id) -> Transition:
     """End an override early; the audit record names who and why."""
     if not note.strip() or not actor.strip():
         raise TransitionError(f"site {override.site_id}: clearing an override needs a note and an actor")
-    return WorkflowEvent(id_factory(), "site", override.site_id, "override_cleared", now_ms, actor, note,
+    return Transition(id_factory(), "site", override.site_id, "override_cleared", now_ms, actor, note,
                          asdict(override))

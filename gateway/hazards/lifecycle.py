@@ -1,7 +1,7 @@
 """Fire-event (警情) and hazard (隐患) lifecycles: pure state machines and the in-memory workflow book.
 
 This module owns the states, the legal transitions, escalation timing and the immutable
-:class:`WorkflowEvent` records that every change produces (the store writes them to its outbox; the
+:class:`Transition` records that every change produces (the store writes them to its outbox; the
 grid workflow receives them). No I/O and no clock: every method takes ``now_ms``.
 
 Fire event::
@@ -57,6 +57,7 @@ __all__ = [
     "FireEventEvent",
     "Hazard",
     "HazardEvent",
+    "Transition",
     "Workflow",
     "WorkflowEvent",
     "new_id",
@@ -84,8 +85,10 @@ def new_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkflowEvent:
-    """One immutable record of one change, with who, when and why, and the subject after it."""
+class Transition:
+    """One transition of a fire event, a hazard or a site: immutable, with who, when and why, and the
+    subject after it. It is what the trail keeps, what the outbox delivers (its ``event_id`` is the
+    idempotency key) and what the live stream shows."""
 
     event_id: str
     kind: Literal["fire_event", "hazard", "site"]
@@ -100,8 +103,10 @@ class WorkflowEvent:
         return asdict(self)
 
 
-HazardEvent = WorkflowEvent
-FireEventEvent = WorkflowEvent
+#: Earlier names of :class:`Transition`, kept for code that imports them (``gateway.HazardEvent``).
+WorkflowEvent = Transition
+HazardEvent = Transition
+FireEventEvent = Transition
 
 
 @dataclass(frozen=True)
@@ -332,9 +337,9 @@ class Workflow:
     # ------------------------------------------------------------------ records
 
     def _record(self, kind: Literal["fire_event", "hazard"], subject: FireEvent | Hazard, type_: EventType,
-                at_ms: int, actor: str, note: str = "") -> WorkflowEvent:
+                at_ms: int, actor: str, note: str = "") -> Transition:
         sid = subject.fire_event_id if isinstance(subject, FireEvent) else subject.hazard_id
-        return WorkflowEvent(self._new_id(), kind, sid, type_, at_ms, actor, note, subject.to_dict())
+        return Transition(self._new_id(), kind, sid, type_, at_ms, actor, note, subject.to_dict())
 
     def _drop_fire(self, ev: FireEvent) -> None:
         self.fire_events.pop(ev.fire_event_id, None)
@@ -348,9 +353,9 @@ class Workflow:
 
     # ------------------------------------------------------------------ effects from the engine
 
-    def apply(self, effects: Iterable[Effect], now_ms: int) -> list[WorkflowEvent]:
+    def apply(self, effects: Iterable[Effect], now_ms: int) -> list[Transition]:
         """Apply engine effects. Test records and shield logs produce no lifecycle records."""
-        out: list[WorkflowEvent] = []
+        out: list[Transition] = []
         for eff in effects:
             if isinstance(eff, FireSignal):
                 self._on_fire(eff, now_ms, out)
@@ -358,7 +363,7 @@ class Workflow:
                 self._on_condition(eff, now_ms, out)
         return out
 
-    def _on_fire(self, sig: FireSignal, now_ms: int, out: list[WorkflowEvent]) -> None:
+    def _on_fire(self, sig: FireSignal, now_ms: int, out: list[Transition]) -> None:
         fid = self._fire_by_key.get((sig.site_id, sig.device_id))
         if fid is not None:
             ev = self.fire_events[fid]
@@ -391,7 +396,7 @@ class Workflow:
         s = self.policy.deadline_s.get(severity)
         return None if s is None else now_ms + int(s * 1000)
 
-    def _on_condition(self, c: Condition, now_ms: int, out: list[WorkflowEvent]) -> None:
+    def _on_condition(self, c: Condition, now_ms: int, out: list[Transition]) -> None:
         hz = self.hazard_for(c.site_id, c.device_id, c.rule)
         if c.active:
             if hz is not None:
@@ -427,7 +432,7 @@ class Workflow:
     # ------------------------------------------------------------------ person actions
 
     def act(self, kind: Literal["fire_event", "hazard"], subject_id: str, action: str, actor: str, *,
-            now_ms: int, note: str = "", **params: Any) -> list[WorkflowEvent]:
+            now_ms: int, note: str = "", **params: Any) -> list[Transition]:
         """Apply a person's action; raises :class:`TransitionError` when it is not allowed.
 
         fire_event: ``acknowledge``, ``arrive`` (alias ``on_scene``), ``resolve`` (``resolution=``).
@@ -444,7 +449,7 @@ class Workflow:
         raise TransitionError(f"unknown subject kind {kind!r} (fire_event or hazard)")
 
     def _act_fire(self, fid: str, action: str, actor: str, now_ms: int, note: str,
-                  params: dict[str, Any]) -> list[WorkflowEvent]:
+                  params: dict[str, Any]) -> list[Transition]:
         ev = self.fire_events.get(fid)
         if ev is None:
             raise TransitionError(f"fire event {fid} is not open (unknown or already resolved)")
@@ -461,7 +466,7 @@ class Workflow:
         raise TransitionError(f"fire event {fid}: unknown action {action!r} (acknowledge, arrive, resolve)")
 
     def _act_hazard(self, hid: str, action: str, actor: str, now_ms: int, note: str,
-                    params: dict[str, Any]) -> list[WorkflowEvent]:
+                    params: dict[str, Any]) -> list[Transition]:
         hz = self.hazards.get(hid)
         if hz is None:
             raise TransitionError(f"hazard {hid} is not open (unknown or already closed)")
@@ -501,9 +506,9 @@ class Workflow:
 
     # ------------------------------------------------------------------ escalation
 
-    def tick(self, now_ms: int) -> list[WorkflowEvent]:
+    def tick(self, now_ms: int) -> list[Transition]:
         """Escalate what nobody acknowledged in time. O(open subjects)."""
-        out: list[WorkflowEvent] = []
+        out: list[Transition] = []
         for ev in list(self.fire_events.values()):
             due = ev.escalation_due_ms()
             while due is not None and due <= now_ms:

@@ -10,7 +10,7 @@ from gateway.models import DeadLetter, RawMessage, Reading
 from gateway.normalize.json_decoder import DEFAULT_MAX_SKEW_S, JsonDecoder
 from gateway.profiles.loader import Catalog
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Decoded", "MqttNormalizer", "TopicPattern"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MqttNormalizer", "Normalized", "TopicPattern"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TopicPattern:
 
 
 @dataclass(frozen=True, slots=True)
-class Decoded:
+class Normalized:
     """What one raw message became: readings, or a dead letter."""
 
     readings: list[Reading]
@@ -72,11 +72,11 @@ class MqttNormalizer:
     def subscriptions(self) -> list[str]:
         return sorted({p.subscription for p in self.patterns})
 
-    def _dead(self, raw: RawMessage, reason: str, device_id: str | None = None) -> Decoded:
-        return Decoded([], DeadLetter(raw.source, raw.address, raw.payload, reason, raw.received_at_ms, device_id,
+    def _dead(self, raw: RawMessage, reason: str, device_id: str | None = None) -> Normalized:
+        return Normalized([], DeadLetter(raw.source, raw.address, raw.payload, reason, raw.received_at_ms, device_id,
                                       size=raw.truncated_from or None), device_id)
 
-    def normalize(self, raw: RawMessage) -> Decoded:
+    def normalize(self, raw: RawMessage) -> Normalized:
         size = raw.truncated_from or len(raw.payload)
         if size > self.max_payload_bytes:
             return self._dead(raw, f"payload is {size} bytes, over the gateway's limit of "
@@ -91,7 +91,7 @@ class MqttNormalizer:
                              exc_info=True)
             return self._dead(raw, f"could not be decoded: {type(exc).__name__}: {exc}"[:300])
 
-    def _normalize(self, raw: RawMessage) -> Decoded:
+    def _normalize(self, raw: RawMessage) -> Normalized:
         levels = raw.address.split("/")
         for pat in self.patterns:
             found = pat.match(levels)
@@ -113,5 +113,5 @@ class MqttNormalizer:
                                                                            device_id, raw.received_at_ms)
             except DecodeError as exc:
                 return self._dead(raw, str(exc), device_id)
-            return Decoded(readings, None, device_id, timed)
+            return Normalized(readings, None, device_id, timed)
         return self._dead(raw, "topic matches no profile's topic pattern")

@@ -26,7 +26,7 @@ from typing import Any
 from gateway.health import Health
 from gateway.models import DeadLetter, RawMessage, Reading
 from gateway.normalize.json_decoder import DEFAULT_MAX_SKEW_S
-from gateway.normalize.router import DEFAULT_MAX_PAYLOAD_BYTES, Decoded, MqttNormalizer
+from gateway.normalize.router import DEFAULT_MAX_PAYLOAD_BYTES, MqttNormalizer, Normalized
 from gateway.profiles.loader import Catalog
 from gateway.retry import Backoff
 from gateway.sources.base import PollBatch
@@ -377,12 +377,12 @@ class Committer:
                           size=item.truncated_from or None)
         digest = hashlib.blake2b(item.address.encode() + b"\0" + item.payload, digest_size=16).digest()
         try:
-            self._attempt_decoded([(item, digest, Decoded([], dead, None))])
+            self._attempt_decoded([(item, digest, Normalized([], dead, None))])
         except Exception:
             logger.exception("committer: cannot even dead-letter a message on %s; it stays unacknowledged",
                              item.address[:200])
 
-    def _attempt_decoded(self, decoded: list[tuple[RawMessage, bytes, Decoded]]) -> None:
+    def _attempt_decoded(self, decoded: list[tuple[RawMessage, bytes, Normalized]]) -> None:
         backoff = Backoff(0.5, 10.0, jitter=0.0)
         while True:
             try:
@@ -423,7 +423,7 @@ class Committer:
             self._stage.count("urgent_commits")
         self._commit(decoded, jobs, tick)
 
-    def _commit(self, decoded: list[tuple[RawMessage, bytes, Decoded]], jobs: list[_Job], tick: bool) -> None:
+    def _commit(self, decoded: list[tuple[RawMessage, bytes, Normalized]], jobs: list[_Job], tick: bool) -> None:
         store = self.store
         now_ms = int(time.time() * 1000)
         readings: list[Reading] = []

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.hazards.lifecycle import Workflow, WorkflowEvent
+from gateway.hazards.lifecycle import Transition, Workflow
 from gateway.health import Health
 from gateway.models import Reading
 from gateway.profiles.loader import Catalog
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 class WorkflowHooks(Hooks):
     def __init__(self, catalog: Catalog, health: Health, *, destinations: Sequence[str] = (),
-                 snapshot_every_s: float = 5.0, on_records: Callable[[list[WorkflowEvent]], None] | None = None
+                 snapshot_every_s: float = 5.0, on_records: Callable[[list[Transition]], None] | None = None
                  ) -> None:
         self.catalog = catalog
         self.health = health
@@ -65,8 +65,8 @@ class WorkflowHooks(Hooks):
         if fires or hazards:
             logger.info("workflow: %d open fire events and %d open hazards reloaded", len(fires), len(hazards))
 
-    def _emit(self, store: Store, effects: list[Effect], now_ms: int, extra: list[WorkflowEvent] | None = None
-              ) -> list[WorkflowEvent]:
+    def _emit(self, store: Store, effects: list[Effect], now_ms: int, extra: list[Transition] | None = None
+              ) -> list[Transition]:
         for e in effects:
             if isinstance(e, TestRecord):
                 self.counts["test_records"] += 1
@@ -82,7 +82,7 @@ class WorkflowHooks(Hooks):
             self._write(store, records, now_ms)
         return records
 
-    def _write(self, store: Store, records: list[WorkflowEvent], now_ms: int) -> None:
+    def _write(self, store: Store, records: list[Transition], now_ms: int) -> None:
         WorkflowStore(store.conn).write(records, self.destinations)
         self.counts["records"] += len(records)
         for rec in records:
@@ -182,17 +182,17 @@ class WorkflowHooks(Hooks):
         return rec.to_dict()
 
     def record_inspection(self, store: Store, site_id: str, actor: str, note: str, now_ms: int) -> None:
-        from gateway.hazards.lifecycle import WorkflowEvent, new_id
+        from gateway.hazards.lifecycle import Transition, new_id
 
         ws = WorkflowStore(store.conn)
         ws.record_inspection(site_id, now_ms, actor)
-        self._write(store, [WorkflowEvent(new_id(), "site", site_id, "inspected", now_ms, actor, note,
+        self._write(store, [Transition(new_id(), "site", site_id, "inspected", now_ms, actor, note,
                                           {"site_id": site_id, "inspected_at_ms": now_ms})], now_ms)
 
     # ------------------------------------------------------------------ people's actions
 
     def act(self, store: Store, kind: str, subject_id: str, action: str, actor: str, note: str,
-            params: dict[str, Any], now_ms: int) -> list[WorkflowEvent]:
+            params: dict[str, Any], now_ms: int) -> list[Transition]:
         """A person's action; raises TransitionError (nothing written) when not allowed."""
         self._load(store)
         if kind not in ("fire_event", "hazard"):

@@ -9,6 +9,6 @@ advances a durable cursor per sink only after the sink confirms.
 from __future__ import annotations
 
 from gateway.sinks.forwarder import Forwarder
-from gateway.sinks.influx import QUALITY_CODES, InfluxSink, LineEncoder, Rejected
+from gateway.sinks.influx import QUALITY_CODES, InfluxSink, LineEncoder, RejectedLines
 
-__all__ = ["QUALITY_CODES", "Forwarder", "InfluxSink", "LineEncoder", "Rejected"]
+__all__ = ["QUALITY_CODES", "Forwarder", "InfluxSink", "LineEncoder", "RejectedLines"]

@@ -88,7 +88,7 @@ from gateway.health import Health, Stage
 from gateway.profiles.loader import Catalog
 from gateway.retry import Backoff, EdgeLog
 from gateway.settings import InfluxSettings
-from gateway.sinks.influx import InfluxSink, LineEncoder, Rejected, Row, sql_line
+from gateway.sinks.influx import InfluxSink, LineEncoder, RejectedLines, Row, sql_line
 from gateway.store.sqlite import (
     cursor_high,
     cursor_history,
@@ -137,7 +137,7 @@ _SCHEMA_NEEDED = 6  # v6: sink_history, sink_instances
 class _Batch:
     rows: list[tuple[int, str, str | None]] = field(default_factory=list)  # (seq, device_id, line)
     lines: list[str] = field(default_factory=list)
-    bad: list[Rejected] = field(default_factory=list)  # could not be encoded: dead letters, not sent
+    bad: list[RejectedLines] = field(default_factory=list)  # could not be encoded: dead letters, not sent
     bad_rows: list[tuple[int, str, str | None]] = field(default_factory=list)
     scanned_to: int = 0  # every reading of this lane up to here is in the batch
     head: int = 0  # largest seq in the store at the last read
@@ -401,7 +401,7 @@ class Forwarder:
                         line = encode(full)
                     except (ValueError, TypeError) as exc:
                         batch.bad_rows.append(row)
-                        batch.bad.append(Rejected(-1, repr(full), f"not encodable: {exc}"))
+                        batch.bad.append(RejectedLines(-1, repr(full), f"not encodable: {exc}"))
                         continue
                 lines.append(line)
                 kept.append(row)
@@ -412,7 +412,7 @@ class Forwarder:
         return batch
 
     def _confirm(self, db: sqlite3.Connection, cursor_name: str, seq: int, batch: _Batch,
-                 rejected: list[Rejected], note: _Note | None = None) -> None:
+                 rejected: list[RejectedLines], note: _Note | None = None) -> None:
         """Advance a cursor after the sink confirmed; dead-letter what it refused; remember where the
         cursor stands when ``note`` says so. One transaction."""
         now = int(time.time() * 1000)
@@ -618,7 +618,7 @@ class Forwarder:
     # ------------------------------------------------------------------ lanes
 
     async def _send(self, batch: _Batch, backoff: Backoff,
-                    on_wait: Callable[[], Awaitable[None]] | None) -> list[Rejected]:
+                    on_wait: Callable[[], Awaitable[None]] | None) -> list[RejectedLines]:
         """Write one batch until the sink confirms; returns what it rejected."""
         while True:
             try:

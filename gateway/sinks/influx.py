@@ -45,7 +45,7 @@ Errors (Telegraf's retryable / partial classification, :func:`gateway.retry.clas
   1xx/3xx/401/403/404 (URL, credentials or database wrong: an operator must act, and nothing is
   thrown away meanwhile) → :class:`~gateway.errors.SinkUnavailable`;
 - rejected: other 4xx (400 bad line, field type conflict, 413, 422): the batch is bisected until
-  the offending lines are found; they are returned as :class:`Rejected` (the forwarder
+  the offending lines are found; they are returned as :class:`RejectedLines` (the forwarder
   dead-letters them) and every other line is written. InfluxDB 1.x writes the good points of a
   400 "partial write" already; re-sending them while bisecting is harmless (idempotent).
 
@@ -84,7 +84,7 @@ from gateway.retry import HttpClass, classify_http, retry_after
 from gateway.settings import InfluxSettings
 from gateway.tls import client_context
 
-__all__ = ["QUALITY_CODES", "InfluxSink", "Instance", "LineEncoder", "Rejected", "Row", "sql_line"]
+__all__ = ["QUALITY_CODES", "InfluxSink", "Instance", "LineEncoder", "RejectedLines", "Row", "sql_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def sql_line(reading: str, tags: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class RejectedLines:
     """A line the database refused (a 4xx for that line alone), with the server's reason."""
 
     index: int
@@ -476,23 +476,23 @@ class InfluxSink:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write(self, lines: Sequence[str]) -> list[Rejected]:
+    def write(self, lines: Sequence[str]) -> list[RejectedLines]:
         """Write ``lines``; returns the lines the database rejected (everything else is written).
 
         Raises :class:`SinkUnavailable` when the database cannot take data now; nothing of the
         batch should then be considered written.
         """
-        rejected: list[Rejected] = []
+        rejected: list[RejectedLines] = []
         if lines:
             self._write_range(lines, 0, len(lines), rejected)
         return rejected
 
-    def _write_range(self, lines: Sequence[str], lo: int, hi: int, out: list[Rejected]) -> None:
+    def _write_range(self, lines: Sequence[str], lo: int, hi: int, out: list[RejectedLines]) -> None:
         reason = self._post(lines[lo:hi])
         if reason is None:
             return
         if hi - lo == 1:
-            out.append(Rejected(lo, lines[lo], reason))
+            out.append(RejectedLines(lo, lines[lo], reason))
             return
         mid = (lo + hi) // 2
         self._write_range(lines, lo, mid, out)

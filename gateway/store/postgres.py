@@ -47,7 +47,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg.types.json import Jsonb
 
 from gateway.errors import ConfigError, FiregwError, SinkUnavailable
-from gateway.hazards.lifecycle import WorkflowEvent
+from gateway.hazards.lifecycle import Transition
 from gateway.store.workflow import event_body, iso
 
 __all__ = [
@@ -234,7 +234,7 @@ class PgWorkflowStore:
 
     # ------------------------------------------------------------------ writes
 
-    def write(self, records: Sequence[WorkflowEvent], destinations: Sequence[str] = ()) -> None:
+    def write(self, records: Sequence[Transition], destinations: Sequence[str] = ()) -> None:
         """Write records (subject row, trail row, one outbox row per destination) atomically.
 
         Runs in a savepoint of the caller's transaction (or a transaction of its own when there is
@@ -243,7 +243,7 @@ class PgWorkflowStore:
         """
         if not records:
             return
-        current: WorkflowEvent | None = None
+        current: Transition | None = None
         try:
             with self.conn.transaction(), self.conn.cursor(row_factory=tuple_row) as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
@@ -257,7 +257,7 @@ class PgWorkflowStore:
         except psycopg.Error as exc:
             raise _error(exc, "write") from exc
 
-    def _write_one(self, cur: psycopg.Cursor[TupleRow], rec: WorkflowEvent, destinations: Sequence[str]) -> None:
+    def _write_one(self, cur: psycopg.Cursor[TupleRow], rec: Transition, destinations: Sequence[str]) -> None:
         snap = rec.snapshot
         data = _json(snap)
         new = cur.execute("INSERT INTO workflow_events (event_id, kind, subject_id, type, at, actor, note, snapshot) "
@@ -290,13 +290,13 @@ class PgWorkflowStore:
                             [(d, rec.event_id, f"{rec.kind}:{rec.subject_id}", body, rec.at_ms)
                              for d in destinations])
 
-    def _terminal_conflict(self, rec: WorkflowEvent, state: str) -> StoreConflict:
+    def _terminal_conflict(self, rec: Transition, state: str) -> StoreConflict:
         # still inside the write's savepoint: reading is fine, raising rolls the batch back
         return StoreConflict(f"{rec.kind} {rec.subject_id} is already {state}: {rec.type} record {rec.event_id} "
                              "comes from a stale copy; reload the open rows and apply again",
                              kind=rec.kind, subject_id=rec.subject_id, existing=self.subject(rec.kind, rec.subject_id))
 
-    def _open_key_conflict(self, rec: WorkflowEvent) -> StoreConflict:
+    def _open_key_conflict(self, rec: Transition) -> StoreConflict:
         snap = rec.snapshot
         key = (str(snap["site_id"]), str(snap["device_id"]), str(snap["rule"]))
         existing: dict[str, Any] | None = None
@@ -393,5 +393,5 @@ class PgWorkflowStore:
     def events_since(self, seq: int, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         rows = self._rows("SELECT seq, event_id, kind, subject_id, type, at, actor, note, snapshot "
                           "FROM workflow_events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
-        return [(int(r[0]), event_body(WorkflowEvent(r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], dict(r[8]))))
+        return [(int(r[0]), event_body(Transition(r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], dict(r[8]))))
                 for r in rows]

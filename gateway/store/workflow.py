@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.hazards.lifecycle import WorkflowEvent
+from gateway.hazards.lifecycle import Transition
 
 __all__ = ["BODY_VERSION", "WorkflowStore", "event_body", "iso"]
 
@@ -44,7 +44,7 @@ def public_subject(kind: str, snap: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def event_body(rec: WorkflowEvent) -> dict[str, Any]:
+def event_body(rec: Transition) -> dict[str, Any]:
     """The versioned JSON body of one transition, as delivered to the workflow."""
     body: dict[str, Any] = {
         "version": BODY_VERSION, "event_id": rec.event_id, "kind": rec.kind, "subject_id": rec.subject_id,
@@ -62,7 +62,7 @@ class WorkflowStore:
 
     # ------------------------------------------------------------------ writes
 
-    def write(self, records: Sequence[WorkflowEvent], destinations: Sequence[str] = ()) -> None:
+    def write(self, records: Sequence[Transition], destinations: Sequence[str] = ()) -> None:
         c = self.conn
         for rec in records:
             snap = rec.snapshot
@@ -160,7 +160,7 @@ class WorkflowStore:
     def events_since(self, seq: int, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         rows = self.conn.execute("SELECT seq, event_id, kind, subject_id, type, at, actor, note, snapshot "
                                  "FROM workflow_events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
-        return [(r[0], event_body(WorkflowEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))))
+        return [(r[0], event_body(Transition(r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))))
                 for r in rows]
 
 

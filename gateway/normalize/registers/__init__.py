@@ -17,7 +17,7 @@ This module owns everything between "a profile's ``register:`` specs" and "a poi
   single address it refuses makes its points *unreadable* (left out of the polls, re-checked every
   ``recheck_s``), exception 01 does so for the whole read (the device lacks the function);
 * :func:`decode_block` / :func:`decode_point` turn the words (or bits) a read returned into
-  :class:`Decoded` values, in Home Assistant's order of operations: reorder words and bytes, unpack
+  :class:`PointValue` values, in Home Assistant's order of operations: reorder words and bytes, unpack
   the type, take ``bit``, compare with ``sentinels`` and NaN (no value, quality missing), apply
   ``scale``/``offset`` (and ``source_unit``), cast to the point type, then the physical ``range``
   (outside: :class:`DecodeError`, a dead letter) and the ``expected_range`` (outside: suspect);
@@ -34,7 +34,7 @@ No I/O and no asyncio here: the poller (``gateway.sources.modbus``) calls these 
 from __future__ import annotations
 
 from gateway.normalize.registers.codec import (
-    Decoded,
+    PointValue,
     decode_block,
     decode_point,
     encode_point,
@@ -60,9 +60,9 @@ from gateway.normalize.registers.points import BIT_TABLES, RegisterPoint, compil
 __all__ = [
     "BIT_TABLES",
     "SPLIT_CODES",
-    "Decoded",
     "DevicePlan",
     "DeviceReads",
+    "PointValue",
     "ReadBlock",
     "ReadPass",
     "RegisterPoint",

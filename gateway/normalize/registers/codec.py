@@ -17,11 +17,11 @@ from gateway.normalize.registers.plan import ReadBlock
 from gateway.normalize.registers.points import BIT_TABLES, FLOAT_TYPES, INTEGER_TYPES, RegisterPoint
 from gateway.normalize.values import cast_value, check_range
 
-__all__ = ["Decoded", "decode_block", "decode_point", "encode_point", "words_to_bytes", "write_point"]
+__all__ = ["PointValue", "decode_block", "decode_point", "encode_point", "words_to_bytes", "write_point"]
 
 
 @dataclass(frozen=True, slots=True)
-class Decoded:
+class PointValue:
     """One decoded point value. ``value is None`` means the device said "no value" (sentinel, NaN)."""
 
     value: Value | None
@@ -29,8 +29,8 @@ class Decoded:
     note: str = ""  # why the quality is not good, for logs
 
 
-_MISSING_SENTINEL = Decoded(None, Quality.MISSING, "sentinel value")
-_MISSING_NAN = Decoded(None, Quality.MISSING, "NaN")
+_MISSING_SENTINEL = PointValue(None, Quality.MISSING, "sentinel value")
+_MISSING_NAN = PointValue(None, Quality.MISSING, "NaN")
 
 
 def words_to_bytes(words: Sequence[int]) -> bytes:
@@ -62,16 +62,16 @@ def _scaled(rp: RegisterPoint, raw: int | float) -> int | float:
     return value
 
 
-def _finish(rp: RegisterPoint, value: Value) -> Decoded:
+def _finish(rp: RegisterPoint, value: Value) -> PointValue:
     if rp._range is not None or rp._expected is not None:
         check_range(value, rp._range, rp.where, rp.point.unit)
         exp = rp._expected
         if exp is not None and not isinstance(value, str | bool) and (value < exp[0] or value > exp[1]):
-            return Decoded(value, Quality.SUSPECT, f"outside the expected range [{exp[0]:g}, {exp[1]:g}]")
-    return Decoded(value)
+            return PointValue(value, Quality.SUSPECT, f"outside the expected range [{exp[0]:g}, {exp[1]:g}]")
+    return PointValue(value)
 
 
-def decode_point(rp: RegisterPoint, data: Sequence[int] | Sequence[bool]) -> Decoded:
+def decode_point(rp: RegisterPoint, data: Sequence[int] | Sequence[bool]) -> PointValue:
     """Decode one point from exactly its own ``width`` words (or its one bit).
 
     Raises DecodeError (the text of the dead letter) for a value the point cannot hold or a value
@@ -102,17 +102,17 @@ def decode_point(rp: RegisterPoint, data: Sequence[int] | Sequence[bool]) -> Dec
         label = rp._enum.get(int(raw))
         if label is None:
             raise DecodeError(f"{rp.where}: code {raw} is not one of the documented codes {sorted(rp._enum)}")
-        return Decoded(label)
+        return PointValue(label)
     value = cast_value(_scaled(rp, raw), rp._vtype, rp.where)
     decoded = _finish(rp, value)
     if rp._enum is not None and isinstance(value, int) and value not in rp._enum:
-        return Decoded(value, Quality.SUSPECT, f"code {value} is not one of {sorted(rp._enum)}")
+        return PointValue(value, Quality.SUSPECT, f"code {value} is not one of {sorted(rp._enum)}")
     return decoded
 
 
 def decode_block(
     block: ReadBlock, data: Sequence[int] | Sequence[bool]
-) -> list[tuple[RegisterPoint, Decoded | DecodeError]]:
+) -> list[tuple[RegisterPoint, PointValue | DecodeError]]:
     """Decode every point of ``block`` from the data its read returned (one result per point).
 
     A point that does not decode gives its DecodeError in place of a value; the others go on.
@@ -122,7 +122,7 @@ def decode_block(
             f"{block.table}:{block.address}+{block.count}: short response, "
             f"{len(data)} of {block.count} {'bits' if block.is_bits else 'registers'}"
         )
-    out: list[tuple[RegisterPoint, Decoded | DecodeError]] = []
+    out: list[tuple[RegisterPoint, PointValue | DecodeError]] = []
     base = block.address
     for rp in block.points:
         off = rp.address - base
