@@ -5,9 +5,7 @@ Every scenario compares the database with the embedded store, point by point: th
 once each, with the same value, quality, receive time and device time.
 
 The outage scenarios run ``firegw run`` as a process fed by the MQTT fleet over a real Mosquitto.
-When ``gateway/pipeline.py`` wires the forwarder (``influx.url`` set), the gateway forwards and is
-the process killed; until then the forwarder runs as its own process over the gateway's store
-(``python -m gateway.sinks.forwarder``) and both are killed together. The other scenarios run a
+The gateway forwards (``influx.url`` set) and is the process killed. The other scenarios run a
 :class:`Forwarder` in-process over a store filled directly.
 """
 
@@ -58,8 +56,6 @@ from gateway.store.sqlite import (
 from simulators.broker import Mosquitto, free_port
 from tests.support import (
     PROFILES,
-    PYTHON,
-    ROOT,
     GatewayProc,
     RunningInThread,
     run_fleet,
@@ -74,7 +70,6 @@ OUTAGE_V1_S = 10.0
 DEVICES = 50
 RATE = 10  # messages per second per device
 #: Does ``firegw run`` forward by itself (pipeline wiring done)? Otherwise a forwarder process runs beside it.
-WIRED = "Forwarder(" in (ROOT / "gateway" / "pipeline.py").read_text(encoding="utf-8")
 
 VM_REL = 1e-12  # VictoriaMetrics' float precision
 Key = tuple[str, str, str, int]  # measurement, device, metric, device time
@@ -388,45 +383,6 @@ def caught_up(db: Path) -> bool:
 # ---------------------------------------------------------------------------- forwarder runners
 
 
-@dataclass
-class ForwarderProc:
-    """``python -m gateway.sinks.forwarder`` as a real process (until the pipeline wires it in)."""
-
-    workdir: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ForwarderProc:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with (self.workdir / "forwarder.log").open("ab") as log:
-            self.proc = subprocess.Popen([PYTHON, "-m", "gateway.sinks.forwarder"], env={**os.environ, **self.env},
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def log(self) -> str:
-        return (self.workdir / "forwarder.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"forwarder did not stop:\n{self.log()[-2000:]}") from None
-        rc = self.proc.returncode
-        self.proc = None
-        return int(rc)
-
-
 def _catalog(tmp_path: Path, devices: int, town: str | None = None) -> tuple[Catalog, Path]:
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, devices)
@@ -517,9 +473,8 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
     base = {"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
             "FIREGW_MQTT__CLIENT_ID": f"firegw-influx-{broker.port}", "FIREGW_PROFILES_DIR": str(PROFILES)}
     fwd_env = {**influx_env, "FIREGW_INFLUX__BATCH_SIZE": "500", "FIREGW_INFLUX__FLUSH_INTERVAL_S": "0.2"}
-    gw = GatewayProc(tmp_path / "gw", env={**base, **(fwd_env if WIRED else {})}).start()
+    gw = GatewayProc(tmp_path / "gw", env={**base, **fwd_env}).start()
     db = gw.db
-    fwd = None if WIRED else ForwarderProc(tmp_path / "fwd", {**base, **fwd_env, "FIREGW_STORE__PATH": str(db)})
     result: dict[str, Any] = {}
 
     def fleet() -> None:
@@ -528,8 +483,6 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
 
     t = threading.Thread(target=fleet)
     try:
-        if fwd is not None:
-            fwd.start()
         t.start()
         wait_for(lambda: cursors(db).get("influx", 0) > 0, 30, "readings forwarded while the database is up")
         time.sleep(1.0)
@@ -544,12 +497,8 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
         wait_for(lambda: cursors(db)["influx"] > stuck, 30, "forwarding resumed after the outage")
         # killed once, mid-drain: a batch may be confirmed by the database and not yet by the cursor
         gw.kill()
-        if fwd is not None:
-            fwd.kill()
         killed_at = cursors(db)["influx"]
         gw.start()
-        if fwd is not None:
-            fwd.start()
         t.join(120)
         assert result and result["unacknowledged"] == 0, result
         wait_for(lambda: (store_stats(db).get("messages", 0) + store_stats(db).get("dead_letters", 0)
@@ -563,8 +512,6 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
     finally:
         t.join(120)
         gw.stop()
-        if fwd is not None:
-            fwd.stop()
 
 
 def test_victoriametrics_outage_and_kill_every_point_exactly_once(tmp_path: Path, broker: Mosquitto,
