@@ -16,7 +16,7 @@ the same readings.
    reaching the last reading. Includes reading SQLite, building line protocol, compressing,
    the HTTP round trips and VictoriaMetrics' ingestion on the same two cores.
 3. Backlog drain: a 10-minute outage at ``--rate`` messages/s, ``--readings-per-message`` readings
-   each (3.5 for the shipped fleet mix, measured in tests/test_influx.py), built directly in the
+   each (3.5 for the shipped fleet mix, measured in tests/integration/test_influx.py), built directly in the
    readings table with device times spread over the 10 minutes; time to drain it.
 
 Every run checks VictoriaMetrics received exactly 3 samples per reading (value, quality, received_at).
@@ -24,7 +24,7 @@ Every run checks VictoriaMetrics received exactly 3 samples per reading (value, 
     .venv/bin/python bench/bench_influx.py --points 1000000 --out bench/RESULTS-influx.md
 
 ``--kill-after S`` measures the database's own crash instead: readings stream into the store (about
-2,500 a second, as tests/test_influx.py's kill tests do) and a forwarder ships them; after S seconds
+2,500 a second, as tests/integration/test_influx.py's kill tests do) and a forwarder ships them; after S seconds
 VictoriaMetrics is killed with SIGKILL together with the forwarder, restarted on its data folder
 (what it lost of what it had confirmed is counted), and a new forwarder runs until caught up. Once
 with ``influx.resend_window_s`` 0 (no re-send: what firegw did before) and once with 60 s.
@@ -48,8 +48,8 @@ from gateway.settings import InfluxSettings
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.influx import LineEncoder
 from gateway.store.sqlite import Store
+from tests.integration.test_influx import VictoriaMetrics, _catalog, _Stream, caught_up, cursors, expected_points
 from tests.support import PROFILES, RunningInThread, wait_for, write_inventory
-from tests.test_influx import VictoriaMetrics, _catalog, _Stream, caught_up, cursors, expected_points
 
 BATCH = 5_000
 
@@ -74,7 +74,7 @@ def fill(db: Path, catalog: Catalog, n: int, span_ms: int) -> None:
 
 
 def vm_cpu(vm: VictoriaMetrics) -> float:
-    from tests.test_influx import _http
+    from tests.integration.test_influx import _http
 
     for line in _http("GET", vm.url + "/metrics")[1].decode().splitlines():
         if line.startswith("process_cpu_seconds_total"):
@@ -104,7 +104,7 @@ def fresh_vm(workdir: Path, enc: LineEncoder) -> VictoriaMetrics:
     old = int(time.time() * 1000) - 86_400_000
     body = "\n".join(f"{prefix}{'0.0' if kind == 0 else '0i'},quality=0i,received_at=0i {old}"
                      for _d, _m, _s, prefix, kind in enc.prefixes())
-    from tests.test_influx import _http
+    from tests.integration.test_influx import _http
 
     status, _ = _http("POST", f"{vm.url}/write?precision=ms", body.encode())
     assert status == 204

@@ -11,7 +11,7 @@ three families:
   trail, and the transitions an action produced (the body the grid workflow receives);
 - profile dry runs and activations.
 
-A field is never dropped silently: ``tests/test_api_schemas.py`` checks every model against what its
+A field is never dropped silently: ``tests/integration/test_api_schemas.py`` checks every model against what its
 producer returns. Only a snapshot's evidence (whatever the rule that tripped recorded) and a site
 transition's subject are open objects.
 """

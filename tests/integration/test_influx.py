@@ -990,7 +990,7 @@ class _TlsFakeInfluxDB2(_FakeInfluxDB2):
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.test_mqtt_tls import _make_ca, _openssl
+    from tests.integration.test_mqtt_tls import _make_ca, _openssl
 
     d = tmp_path_factory.mktemp("influx-certs")
     _make_ca(d, "ca")

@@ -41,7 +41,7 @@ from gateway.store.workflow import WorkflowStore
 from simulators.broker import Mosquitto
 from simulators.workflow import Receiver
 from tests.support import PYTHON, ROOT, RunningInThread, wait_for
-from tests.test_rules import catalog, device, site
+from tests.unit.test_rules import catalog, device, site
 
 SECRET = "test-secret-0123456789"
 T0 = 1_700_000_000_000

@@ -235,7 +235,7 @@ def test_every_connecting_section_has_the_same_tls_shape() -> None:
 def test_events_publisher_uses_the_source_tls_on_the_source_broker() -> None:
     from gateway.health import Stage
     from gateway.notify.mqtt_out import MqttPublisher
-    from tests.test_rules import catalog
+    from tests.unit.test_rules import catalog
 
     async def no_summaries() -> list[dict[str, Any]]:
         return []

@@ -13,8 +13,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+from tests.e2e.test_api_live import live_gateway
 from tests.support import run_fleet
-from tests.test_api_live import live_gateway
 
 TOKEN = "fuzz-admin-token-0123456789"
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]

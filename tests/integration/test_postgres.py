@@ -40,8 +40,8 @@ from gateway.store.postgres import (
 )
 from gateway.store.schema import MIGRATIONS
 from gateway.store.workflow import WorkflowStore, event_body
-from tests.test_hazards import T0, H, S, cond, fire
-from tests.test_rules import catalog, device
+from tests.unit.test_hazards import T0, H, S, cond, fire
+from tests.unit.test_rules import catalog, device
 
 PG_ROOT = Path("/usr/lib/postgresql")
 DEADLINE_S = 10.0

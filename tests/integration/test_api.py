@@ -39,7 +39,7 @@ from tests.support import PROFILES
 TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789",
           "admin": "admin-token-0123456789"}
 BUTTON = (PROFILES / "onekey-alarm-button.yaml").read_text()
-DASHBOARD = Path(__file__).resolve().parent.parent / "gateway" / "dashboard"
+DASHBOARD = Path(__file__).resolve().parents[2] / "gateway" / "dashboard"
 MAX_BODY = 65_536
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from gateway.hazards.lifecycle import EscalationPolicy, FireEvent, Hazard, Trans
 from gateway.models import Reading
 from gateway.rules.effects import Condition, FireSignal, ShieldLog
 from gateway.rules.engine import RuleEngine
-from tests.test_rules import catalog, device
+from tests.unit.test_rules import catalog, device
 
 S = 1000
 H = 3600 * S

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from simulators.broker import Mosquitto, free_port
+from tests.e2e.test_api_live import api_up, live_gateway
 from tests.support import PROFILES, PYTHON, ROOT, GatewayProc, run_fleet, wait_for, write_inventory
-from tests.test_api_live import api_up, live_gateway
 
 ADMIN = "hardening-admin-token-0123456789"
 

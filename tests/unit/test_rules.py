@@ -49,7 +49,7 @@ from gateway.rules.spec import (
 )
 from gateway.sources.base import DeviceStatusChange
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {p.profile: p for p in (load_profile(f) for f in sorted((ROOT / "device_profiles").glob("*.yaml"))
                                   if not f.name.startswith("_"))}
 S = 1000  # ms per second

@@ -30,7 +30,7 @@ from gateway.sources.base import PollBatch
 from gateway.sources.modbus import ModbusSource
 from tests.support import fuzz_examples
 
-PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
+PROFILES = Path(__file__).resolve().parents[2] / "device_profiles"
 _BASE = load_catalog(PROFILES, None)
 MODBUS_PROFILES = sorted(name for name, p in _BASE.profiles.items() if p.transport == "modbus")
 _SITE = Site.model_validate(

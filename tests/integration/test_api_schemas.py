@@ -22,7 +22,7 @@ from gateway.profiles.models import Location
 from gateway.sites import site_summaries
 from gateway.store.sqlite import Store
 from gateway.store.workflow import WorkflowStore, event_body, public_subject
-from tests.test_api import BUTTON, Client, World, auth, inventory_catalog
+from tests.integration.test_api import BUTTON, Client, World, auth, inventory_catalog
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from gateway.profiles.models import Device, Inventory, ModbusDeviceBinding, Poin
 from gateway.sources.base import PollBatch
 from gateway.sources.modbus import ModbusSource
 
-PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
+PROFILES = Path(__file__).resolve().parents[2] / "device_profiles"
 MODBUS_PROFILES = ["fire-pump-cabinet", "fire-water-tank-modbus", "fire-panel-summary"]
 
 

@@ -100,3 +100,33 @@ def test_readme_register_dump_decodes_as_documented() -> None:
     assert got["voltage_l1_l2"] == pytest.approx(380.5)
     assert (got["inspection_runs"], got["jockey_starts"], got["pump1_run_time"]) == (52, 1234, 7200)
     assert got["last_start_time"] == pytest.approx(41.25)
+
+
+def test_readme_code_traces_name_real_symbols() -> None:
+    """Every ``file:symbol`` in the README (the code map's traces) exists, so the map stays true."""
+    import ast
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    refs = re.findall(r"`([a-z_/]+\.py):([A-Za-z_][\w.]*)`", text)
+    assert len(refs) >= 10, refs
+    for path, symbol in refs:
+        file = ROOT / "gateway" / path
+        assert file.exists(), path
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        scope: list[ast.stmt] = tree.body
+        for part in symbol.split("."):
+            found = next((n for n in scope if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                          and n.name == part), None)
+            assert found is not None, f"{path}:{symbol}: no {part}"
+            scope = found.body if isinstance(found, ast.ClassDef) else []
+
+
+def test_readme_code_map_lists_every_module() -> None:
+    """Every module and package of gateway/ appears in the README's code map."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Where things are (code map)", 1)[1].split("```", 2)[1]
+    for f in sorted((ROOT / "gateway").rglob("*.py")):
+        if f.name == "__init__.py" and f.parent == ROOT / "gateway":
+            continue
+        name = f.parent.name + "/" if f.name == "__init__.py" else f.stem
+        assert name in block or f"{f.stem}.py" in block, f"{f.relative_to(ROOT)} is not in the README's code map"

@@ -28,7 +28,7 @@ from gateway.sources.base import DeviceStatusChange, PollBatch
 from gateway.sources.modbus import ModbusSource
 from simulators.launch import PumpRoomProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "device_profiles"
 TANK, PANEL = 240, 241
 
