@@ -189,7 +189,7 @@ class Gateway:
 
         ctx = ApiContext(settings=self.settings, health=self.health, catalog=lambda: self.catalog,
                          act=act if hooks is not None else None, admin=admin if hooks is not None else None,
-                         static_dir=Path(__file__).parent / "dashboard")
+                         static_dir=Path(__file__).resolve().parent.parent / "dashboard")
         return ApiServer(ctx)
 
     async def activate_profile(self, name: str, text: str, actor: str) -> None:
