@@ -56,8 +56,14 @@ def _nested_yaml(size: int) -> str:
 
 
 def _stats(env: dict[str, str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "stats", "--json"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "stats", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -77,8 +83,9 @@ class Abuse:
         with httpx.Client(timeout=30) as client:
             while not self.stop.is_set():
                 try:
-                    code = client.post(self.api + "/api/v1/profiles/validate", json=body,
-                                       headers={"Authorization": f"Bearer {VIEWER}"}).status_code
+                    code = client.post(
+                        self.api + "/api/v1/profiles/validate", json=body, headers={"Authorization": f"Bearer {VIEWER}"}
+                    ).status_code
                 except httpx.HTTPError:
                     code = -1
                 self.codes[code] = self.codes.get(code, 0) + 1
@@ -151,11 +158,36 @@ class AbuseProcess:
         self.codes, self.held_max = result["codes"], result["held"]
 
 
-def _phase(name: str, args: argparse.Namespace, env: dict[str, str], broker: Mosquitto, site: str,
-           buttons: list[str], abuse: AbuseProcess | None) -> dict[str, Any]:
-    fleet = subprocess.Popen([sys.executable, "-m", "simulators", "fleet", "--broker", broker.url, "--devices",
-                              str(args.devices), "--rate", str(args.bulk_rate / args.devices), "--duration",
-                              str(args.duration + 2), "--seed", "3", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE)
+def _phase(
+    name: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    broker: Mosquitto,
+    site: str,
+    buttons: list[str],
+    abuse: AbuseProcess | None,
+) -> dict[str, Any]:
+    fleet = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators",
+            "fleet",
+            "--broker",
+            broker.url,
+            "--devices",
+            str(args.devices),
+            "--rate",
+            str(args.bulk_rate / args.devices),
+            "--duration",
+            str(args.duration + 2),
+            "--seed",
+            "3",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
     time.sleep(1.0)  # bulk traffic at full rate before the first press
     if abuse is not None:
         abuse.start()
@@ -178,8 +210,12 @@ def _phase(name: str, args: argparse.Namespace, env: dict[str, str], broker: Mos
     pub.disconnect()
     pub.loop_stop()
     fleet.communicate(timeout=120)
-    return {"sent": sent, "ingest_msg_s": (after["messages"] - before["messages"]) / window,
-            "codes": dict(abuse.codes) if abuse else {}, "held": abuse.held_max if abuse else 0}
+    return {
+        "sent": sent,
+        "ingest_msg_s": (after["messages"] - before["messages"]) / window,
+        "codes": dict(abuse.codes) if abuse else {},
+        "held": abuse.held_max if abuse else 0,
+    }
 
 
 def _latencies(receiver: str, sent: dict[str, float], timeout: float = 60.0) -> list[float]:
@@ -187,8 +223,7 @@ def _latencies(receiver: str, sent: dict[str, float], timeout: float = 60.0) -> 
     arrivals: dict[str, float] = {}
     while time.monotonic() < deadline:
         received = httpx.get(receiver + "/received", timeout=10).json()
-        log = {e["event_id"]: e["at_ms"] for e in httpx.get(receiver + "/log", timeout=10).json()
-               if e["status"] == 200}
+        log = {e["event_id"]: e["at_ms"] for e in httpx.get(receiver + "/log", timeout=10).json() if e["status"] == 200}
         for body in received:
             fe = body.get("fire_event") or {}
             if body.get("type") == "opened" and fe.get("device_id") in sent and body["event_id"] in log:
@@ -218,19 +253,28 @@ def main() -> int:
     inv = inventory_for(build_devices(args.devices, seed=3))
     site = inv["sites"][0]["site_id"]
     buttons = {ph: [f"{ph}-btn-{i:05d}" for i in range(presses)] for ph in ("quiet", "abuse")}
-    inv["devices"] += [{"device_id": b, "site_id": site, "profile": "onekey-alarm-button"}
-                       for bs in buttons.values() for b in bs]
+    inv["devices"] += [
+        {"device_id": b, "site_id": site, "profile": "onekey-alarm-button"} for bs in buttons.values() for b in bs
+    ]
     inv_path = work / "inventory.yaml"
     inv_path.write_text(yaml.safe_dump(inv, allow_unicode=True), encoding="utf-8")
     receiver = WorkflowReceiverProcess(secret=SECRET).start()
     receiver_url = receiver.url
     api = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "FIREGW_MQTT__URL": broker.url, "FIREGW_STORE__PATH": str(work / "firegw.db"),
-           "FIREGW_INVENTORY": str(inv_path), "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
-           "FIREGW_LOG_LEVEL": "ERROR", "FIREGW_API__LISTEN": api,
-           "FIREGW_API__TOKENS": json.dumps([{"name": f"viewer-{i}", "role": "viewer", "token": f"{VIEWER}"}
-                                             for i in range(1)]),
-           "FIREGW_WEBHOOK__URL": receiver_url + "/events", "FIREGW_WEBHOOK__SECRET": SECRET}
+    env = {
+        **os.environ,
+        "FIREGW_MQTT__URL": broker.url,
+        "FIREGW_STORE__PATH": str(work / "firegw.db"),
+        "FIREGW_INVENTORY": str(inv_path),
+        "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
+        "FIREGW_LOG_LEVEL": "ERROR",
+        "FIREGW_API__LISTEN": api,
+        "FIREGW_API__TOKENS": json.dumps(
+            [{"name": f"viewer-{i}", "role": "viewer", "token": f"{VIEWER}"} for i in range(1)]
+        ),
+        "FIREGW_WEBHOOK__URL": receiver_url + "/events",
+        "FIREGW_WEBHOOK__SECRET": SECRET,
+    }
     load = os.getloadavg()[0]
     gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT)
     try:
@@ -245,8 +289,9 @@ def main() -> int:
                 raise SystemExit("the gateway did not start")
             time.sleep(0.1)
         quiet = _phase("quiet", args, env, broker, site, buttons["quiet"], None)
-        abuse = _phase("abuse", args, env, broker, site, buttons["abuse"],
-                       AbuseProcess(f"http://{api}", args.abusers, args.idle))
+        abuse = _phase(
+            "abuse", args, env, broker, site, buttons["abuse"], AbuseProcess(f"http://{api}", args.abusers, args.idle)
+        )
         lat_q = _latencies(receiver_url, quiet["sent"])
         lat_a = _latencies(receiver_url, abuse["sent"])
     finally:
@@ -262,12 +307,17 @@ def main() -> int:
     result = {
         "command": "python bench/bench_abuse.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, "
-                   f"load average at start {load:.1f}",
-        "alarms per phase": presses, "webhooks quiet": len(lat_q), "webhooks abuse": len(lat_a),
-        "bulk offered msg/s": args.bulk_rate, "dry-run answers during abuse": abuse["codes"],
+        f"load average at start {load:.1f}",
+        "alarms per phase": presses,
+        "webhooks quiet": len(lat_q),
+        "webhooks abuse": len(lat_a),
+        "bulk offered msg/s": args.bulk_rate,
+        "dry-run answers during abuse": abuse["codes"],
         "idle connections held at most": abuse["held"],
-        "rows": {k: {"quiet": round(q, 1), "abuse": round(a, 1), "ratio": round(a / q, 2) if q else None}
-                 for k, (q, a) in rows.items()},
+        "rows": {
+            k: {"quiet": round(q, 1), "abuse": round(a, 1), "ratio": round(a / q, 2) if q else None}
+            for k, (q, a) in rows.items()
+        },
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

@@ -69,17 +69,40 @@ def main() -> int:
     inv_path = work / "inventory.yaml"
     inv_path.write_text(yaml.safe_dump(inv, allow_unicode=True), encoding="utf-8")
     db = work / "firegw.db"
-    env = {**os.environ, "FIREGW_MQTT__URL": broker.url, "FIREGW_STORE__PATH": str(db),
-           "FIREGW_INVENTORY": str(inv_path), "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
-           "FIREGW_LOG_LEVEL": "ERROR", "FIREGW_API__LISTEN": f"127.0.0.1:{free_port()}"}
+    env = {
+        **os.environ,
+        "FIREGW_MQTT__URL": broker.url,
+        "FIREGW_STORE__PATH": str(db),
+        "FIREGW_INVENTORY": str(inv_path),
+        "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
+        "FIREGW_LOG_LEVEL": "ERROR",
+        "FIREGW_API__LISTEN": f"127.0.0.1:{free_port()}",
+    }
     gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run"], env=env, cwd=ROOT)
     fleet = None
     try:
         _wait_ready(env["FIREGW_API__LISTEN"], gw)
-        fleet = subprocess.Popen([sys.executable, "-m", "simulators", "fleet", "--broker", broker.url, "--devices",
-                                  str(args.devices), "--rate", str(args.bulk_rate / args.devices), "--duration",
-                                  str(args.duration + 4), "--seed", "3", "--quiet"], cwd=ROOT,
-                                 stdout=subprocess.PIPE)
+        fleet = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simulators",
+                "fleet",
+                "--broker",
+                broker.url,
+                "--devices",
+                str(args.devices),
+                "--rate",
+                str(args.bulk_rate / args.devices),
+                "--duration",
+                str(args.duration + 4),
+                "--seed",
+                "3",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
         time.sleep(2)  # bulk traffic at full rate before the first press
         pub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="alarm-presser")
         pub.connect("127.0.0.1", broker.port)
@@ -95,8 +118,12 @@ def main() -> int:
         rows: list[tuple[str, int]] = []
         while time.time() < deadline:
             conn = sqlite3.connect(db)
-            rows = [(json.loads(s)["device_id"], at) for s, at in conn.execute(
-                "SELECT snapshot, at FROM workflow_events WHERE kind='fire_event' AND type='opened'")]
+            rows = [
+                (json.loads(s)["device_id"], at)
+                for s, at in conn.execute(
+                    "SELECT snapshot, at FROM workflow_events WHERE kind='fire_event' AND type='opened'"
+                )
+            ]
             conn.close()
             if len(rows) >= len(buttons):
                 break
@@ -108,11 +135,13 @@ def main() -> int:
         lat = sorted(at - sent[d] * 1000 for d, at in rows if d in sent)
         q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [0.0] * 99
         result = {
-            "alarms": len(buttons), "fire_events_opened": len(lat),
+            "alarms": len(buttons),
+            "fire_events_opened": len(lat),
             "bulk_msg_s_offered": args.bulk_rate,
             "bulk_msg_s_sent": round(bulk.get("sent", 0) / (args.duration + 4)),
             "latency_ms_p50": round(statistics.median(lat), 1) if lat else None,
-            "latency_ms_p99": round(q[98], 1), "latency_ms_max": round(max(lat), 1) if lat else None,
+            "latency_ms_p99": round(q[98], 1),
+            "latency_ms_max": round(max(lat), 1) if lat else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
         print(json.dumps(result, indent=2))

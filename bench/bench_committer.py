@@ -54,13 +54,22 @@ def main() -> int:
     committer = Committer(store=store, catalog=catalog, health=health, hooks=WorkflowHooks(catalog, health))
     t0 = time.perf_counter()
     for i in range(0, len(msgs), args.batch):
-        committer._process(list(msgs[i:i + args.batch]), False)
+        committer._process(list(msgs[i : i + args.batch]), False)
     elapsed = time.perf_counter() - t0
     stats = store.stats()
-    print(json.dumps({"messages": args.messages, "devices": args.devices, "batch": args.batch,
-                      "msg_s": round(args.messages / elapsed), "readings": stats["readings"],
-                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "messages": args.messages,
+                "devices": args.devices,
+                "batch": args.batch,
+                "msg_s": round(args.messages / elapsed),
+                "readings": stats["readings"],
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

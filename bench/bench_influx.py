@@ -65,10 +65,22 @@ def fill(db: Path, catalog: Catalog, n: int, span_ms: int) -> None:
             for i in range(start, min(n, start + chunk)):
                 dev, p = pts[i % len(pts)]
                 ts = end - span_ms + (i * span_ms) // n
-                v: bool | int | float = (i % 2 == 0 if p.type == "bool" else i % 3 if p.type == "int"
-                                         else 0.3 + (i % 1000) / 997)
-                rows.append(Reading(dev.site_id, dev.device_id, p.name, v, p.unit, ts, ts + 3,
-                                    Quality.GOOD, urgent=p.point_class.value == "alarm"))
+                v: bool | int | float = (
+                    i % 2 == 0 if p.type == "bool" else i % 3 if p.type == "int" else 0.3 + (i % 1000) / 997
+                )
+                rows.append(
+                    Reading(
+                        dev.site_id,
+                        dev.device_id,
+                        p.name,
+                        v,
+                        p.unit,
+                        ts,
+                        ts + 3,
+                        Quality.GOOD,
+                        urgent=p.point_class.value == "alarm",
+                    )
+                )
             with store.transaction():
                 store.insert_readings(rows)
 
@@ -102,8 +114,10 @@ def fresh_vm(workdir: Path, enc: LineEncoder) -> VictoriaMetrics:
     """A new VictoriaMetrics with every series registered (one old sample each) and its merges done."""
     vm = VictoriaMetrics(workdir).start()
     old = int(time.time() * 1000) - 86_400_000
-    body = "\n".join(f"{prefix}{'0.0' if kind == 0 else '0i'},quality=0i,received_at=0i {old}"
-                     for _d, _m, _s, prefix, kind in enc.prefixes())
+    body = "\n".join(
+        f"{prefix}{'0.0' if kind == 0 else '0i'},quality=0i,received_at=0i {old}"
+        for _d, _m, _s, prefix, kind in enc.prefixes()
+    )
     from tests.integration.test_influx import _http
 
     status, _ = _http("POST", f"{vm.url}/write?precision=ms", body.encode())
@@ -122,7 +136,7 @@ def reference(vm: VictoriaMetrics, lines: list[str], gzip: bool) -> float:
     write = client.write_api(write_options=SYNCHRONOUS)
     t0 = time.perf_counter()
     for i in range(0, len(lines), BATCH):
-        write.write("b", "o", lines[i:i + BATCH], write_precision=WritePrecision.MS)  # type: ignore[arg-type]
+        write.write("b", "o", lines[i : i + BATCH], write_precision=WritePrecision.MS)  # type: ignore[arg-type]
     dt = time.perf_counter() - t0
     write.close()  # type: ignore[no-untyped-call]
     client.close()  # type: ignore[no-untyped-call]
@@ -130,8 +144,12 @@ def reference(vm: VictoriaMetrics, lines: list[str], gzip: bool) -> float:
 
 
 def forward(vm: VictoriaMetrics, db: Path, catalog: Catalog) -> float:
-    fwd = Forwarder(settings=InfluxSettings(url=vm.url, token="t", org="o", bucket="b"), catalog=catalog,
-                    store_path=db, health=Health())
+    fwd = Forwarder(
+        settings=InfluxSettings(url=vm.url, token="t", org="o", bucket="b"),
+        catalog=catalog,
+        store_path=db,
+        health=Health(),
+    )
     t0 = time.perf_counter()
     run = RunningInThread(fwd, name="forwarder", timeout=30)
     try:
@@ -154,8 +172,14 @@ def tsdb_kill(work: Path, window_s: float, kill_after_s: float) -> str:
     stage = health.stage("forwarder:influx")
 
     def forwarder() -> Forwarder:
-        return Forwarder(settings=vm.settings(batch_size=1000, flush_interval_s=0.2, resend_window_s=window_s),
-                         catalog=catalog, store_path=db, health=health, backoff_min_s=0.1, backoff_max_s=1.0)
+        return Forwarder(
+            settings=vm.settings(batch_size=1000, flush_interval_s=0.2, resend_window_s=window_s),
+            catalog=catalog,
+            store_path=db,
+            health=health,
+            backoff_min_s=0.1,
+            backoff_max_s=1.0,
+        )
 
     try:
         fwd = forwarder()
@@ -182,8 +206,10 @@ def tsdb_kill(work: Path, window_s: float, kill_after_s: float) -> str:
         missing = len(expected.keys() - actual.keys())
     finally:
         vm.stop()
-    return (f"| {window_s:g} s | {len(expected):,} | {len(confirmed):,} | {lost:,} | "
-            f"{stage.counters.get('resent', 0):,} | {missing:,} | {dups:,} |")
+    return (
+        f"| {window_s:g} s | {len(expected):,} | {len(confirmed):,} | {lost:,} | "
+        f"{stage.counters.get('resent', 0):,} | {missing:,} | {dups:,} |"
+    )
 
 
 def main() -> int:
@@ -195,12 +221,19 @@ def main() -> int:
     ap.add_argument("--readings-per-message", type=float, default=3.5)
     ap.add_argument("--devices", type=int, default=2_000)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--kill-after", type=float, default=None, metavar="S",
-                    help="measure a SIGKILL of the database after S seconds of streaming instead")
+    ap.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="measure a SIGKILL of the database after S seconds of streaming instead",
+    )
     args = ap.parse_args()
     if args.kill_after is not None:
-        print("| resend_window_s | readings | confirmed at the kill | of them lost by the database | re-sent | "
-              "missing afterwards | doubled |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(
+            "| resend_window_s | readings | confirmed at the kill | of them lost by the database | re-sent | "
+            "missing afterwards | doubled |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )
         for window in (0.0, 60.0):
             with tempfile.TemporaryDirectory(prefix="firegw-bench-kill-") as tmp:
                 print(tsdb_kill(Path(tmp), window, args.kill_after), flush=True)
@@ -216,8 +249,9 @@ def main() -> int:
         Store(db).open().close()
         fill(db, catalog, args.points, 3_600_000)
         with Store(db) as st:
-            rows = st.conn.execute("SELECT seq, device_id, metric, ts, value, quality, received_at, site_id, "
-                                   "urgent FROM readings").fetchall()
+            rows = st.conn.execute(
+                "SELECT seq, device_id, metric, ts, value, quality, received_at, site_id, urgent FROM readings"
+            ).fetchall()
         lines = [enc.encode(r) for r in rows]
         del rows
         rates: dict[str, float] = {}
@@ -238,8 +272,10 @@ def main() -> int:
             dt = forward(vm, db, catalog)
             assert vm.rows_inserted() - before == 3 * args.points, "every reading sent exactly once"
             rate = args.points / dt
-            print(f"forwarder: {args.points:,} readings in {dt:.2f} s = {rate:,.0f}/s "
-                  f"({rate / ref_gzip:.2f}x the gzip reference, {rate / ref_plain:.2f}x plain)")
+            print(
+                f"forwarder: {args.points:,} readings in {dt:.2f} s = {rate:,.0f}/s "
+                f"({rate / ref_gzip:.2f}x the gzip reference, {rate / ref_plain:.2f}x plain)"
+            )
             # 3. a 10-minute backlog
             n = int(args.rate * args.minutes * 60 * args.readings_per_message)
             bdb = work / "backlog.db"
@@ -252,13 +288,16 @@ def main() -> int:
             before = vm.rows_inserted()
             drain = forward(vm, bdb, catalog)
             assert vm.rows_inserted() - before == 3 * n
-            print(f"backlog: {n:,} readings ({size_mb:,.0f} MB store, built in {built:.0f} s) drained in "
-                  f"{drain:.1f} s = {n / drain:,.0f}/s")
+            print(
+                f"backlog: {n:,} readings ({size_mb:,.0f} MB store, built in {built:.0f} s) drained in "
+                f"{drain:.1f} s = {n / drain:,.0f}/s"
+            )
         finally:
             vm.stop()
     if args.out is not None:
         cmd = "python bench/bench_influx.py " + " ".join(sys.argv[1:])
-        args.out.write_text(f"""# InfluxDB forwarding benchmark (VictoriaMetrics 1.79 on loopback)
+        args.out.write_text(
+            f"""# InfluxDB forwarding benchmark (VictoriaMetrics 1.79 on loopback)
 
 Command: `{cmd}`
 Machine: {platform.machine()}, CPython {platform.python_version()}, 2 cores ({platform.system()}); the
@@ -284,7 +323,9 @@ reading SQLite, building line protocol, gzip (level 1) and the HTTP round trips:
 encodes the next batch while the previous one is in flight, and sends the compressed body through
 `influxdb-client`'s write service. Each run checks that VictoriaMetrics received exactly three samples
 (value, quality, received_at) per reading: nothing lost, nothing sent twice.
-""", encoding="utf-8")
+""",
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -172,9 +172,7 @@ async def main(args: argparse.Namespace) -> None:
             update={"modbus": prof.modbus.model_copy(update={"keepalive_s": args.interval / 2})}
         )
         catalog = Catalog(profiles=profiles, inventory=Inventory(sites=sites, devices=devices))
-        slow_ids = {
-            f"s{i}-cabinet-{u:03d}" for i in range(args.sims) for u in range(1, args.slow + 1)
-        }
+        slow_ids = {f"s{i}-cabinet-{u:03d}" for i in range(args.sims) for u in range(1, args.slow + 1)}
         gw = await _gateway_phase(catalog, args.interval, args.duration, args.warmup, slow_ids)
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         print(f"command: {' '.join(sys.argv)}")
@@ -194,10 +192,7 @@ async def main(args: argparse.Namespace) -> None:
             f"poll-interval jitter: p50 {gw['jitter_p50_ms']:.1f} ms, p99 {gw['jitter_p99_ms']:.1f} ms, "
             f"max {gw['jitter_max_ms']:.1f} ms"
         )
-        print(
-            f"gateway Modbus requests/s: {gw['requests_per_s']:.0f}; "
-            f"gateway process CPU {gw['cpu_s_per_s']:.2f} s/s"
-        )
+        print(f"gateway Modbus requests/s: {gw['requests_per_s']:.0f}; gateway process CPU {gw['cpu_s_per_s']:.2f} s/s")
         if not slow_ids:  # a raw client would wait on the slow units
             raw = await _raw_phase(ports, args.per_sim, args.raw_duration)
             print(
@@ -210,9 +205,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sims", type=int, default=2)
     parser.add_argument("--per-sim", type=int, default=100)
     parser.add_argument("--interval", type=float, default=1.0)

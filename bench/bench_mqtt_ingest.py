@@ -36,13 +36,23 @@ from simulators.broker import Mosquitto
 from simulators.fleet import Fleet, build_devices, inventory_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBSCRIPTIONS = ["fire/+/button/+/up", "fire/+/smoke/+/up", "fire/+/pressure/+/up", "fire/+/pressure-u/+/up",
-                 "fire/+/level/+/up", "fire/+/duty/+/up"]
+SUBSCRIPTIONS = [
+    "fire/+/button/+/up",
+    "fire/+/smoke/+/up",
+    "fire/+/pressure/+/up",
+    "fire/+/pressure-u/+/up",
+    "fire/+/level/+/up",
+    "fire/+/duty/+/up",
+]
 
 
 def _session(url_port: int, client_id: str, on_message: Any = None, manual: bool = False) -> Any:
-    c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=MQTTProtocolVersion.MQTTv5, manual_ack=manual)
+    c = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual,
+    )
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = 2000
@@ -106,14 +116,31 @@ def main() -> int:
 
         # firegw: same backlog, into the embedded store
         db = work / "firegw.db"
-        env = {**os.environ, "FIREGW_MQTT__URL": broker.url, "FIREGW_STORE__PATH": str(db),
-               "FIREGW_INVENTORY": str(inv), "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
-               "FIREGW_MQTT__CLIENT_ID": "firegw-bench", "FIREGW_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_STORE__PATH": str(db),
+            "FIREGW_INVENTORY": str(inv),
+            "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
+            "FIREGW_MQTT__CLIENT_ID": "firegw-bench",
+            "FIREGW_LOG_LEVEL": "WARNING",
+        }
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "gateway.cli", "run"]
         if os.environ.get("BENCH_PYSPY"):  # profile the gateway: py-spy record -o BENCH_PYSPY
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--threads", "-f", "raw",
-                   "-o", os.environ["BENCH_PYSPY"], "--", *cmd]
+            cmd = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "-r",
+                "200",
+                "--threads",
+                "-f",
+                "raw",
+                "-o",
+                os.environ["BENCH_PYSPY"],
+                "--",
+                *cmd,
+            ]
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
         stats: dict[str, Any] = {}
         conn = None
@@ -137,14 +164,16 @@ def main() -> int:
         proc.terminate()
         proc.wait(60)
         result = {
-            "messages": args.messages, "devices": args.devices,
+            "messages": args.messages,
+            "devices": args.devices,
             "publish_rate_msg_s": round(args.messages / publish_s),
             "paho_raw_msg_s": round(args.messages / paho_s),
             "firegw_msg_s": round(args.messages / gw_s),
             "ratio_to_paho": round(paho_s / gw_s, 2),
             "zero_loss": stats.get("messages") == args.messages
             and stats.get("readings") == summary["expected_readings"],
-            "readings": stats.get("readings"), "expected_readings": summary["expected_readings"],
+            "readings": stats.get("readings"),
+            "expected_readings": summary["expected_readings"],
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
         print(json.dumps(result, indent=2))

@@ -78,9 +78,10 @@ async def bench(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, 
         records += wf.apply([FireSignal("S1", f"D{i % args.subjects}", "fire_alarm", "fire_alarm", now)], now)
     for i in range(0, len(records), 100):
         with store.transaction() as c:
-            WorkflowStore(c).write(records[i:i + 100], ["webhook"])
-    settings = GatewaySettings.model_validate({"webhook": {"url": url, "secret": SECRET,
-                                                           "concurrency": args.concurrency}})
+            WorkflowStore(c).write(records[i : i + 100], ["webhook"])
+    settings = GatewaySettings.model_validate(
+        {"webhook": {"url": url, "secret": SECRET, "concurrency": args.concurrency}}
+    )
     catalog = Catalog(profiles={}, inventory=Inventory(sites=[], devices=[]))
     notifier = Notifier(settings=settings, catalog=catalog, store_path=store.path, health=Health())
     t0 = time.perf_counter()
@@ -123,8 +124,16 @@ async def bench(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, 
         if e["status"] == 200:
             arrival.setdefault(e["event_id"], e["at_ms"])
     lat = [arrival[eid] - t for eid, t in committed.items()]
-    return {"backlog": len(records), "backlog_s": backlog_s, "rate": args.rate, "n": len(lat),
-            "p50": statistics.median(lat), "p99": _pct(lat, 0.99), "max": max(lat), "mean": statistics.fmean(lat)}
+    return {
+        "backlog": len(records),
+        "backlog_s": backlog_s,
+        "rate": args.rate,
+        "n": len(lat),
+        "p50": statistics.median(lat),
+        "p99": _pct(lat, 0.99),
+        "max": max(lat),
+        "mean": statistics.fmean(lat),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,12 +159,12 @@ load average at start {load:.1f}
 
 | measure | value | target |
 | --- | ---: | ---: |
-| backlog delivered ({r['backlog']:.0f} events, {args.subjects} subjects, concurrency {args.concurrency}) \
-| {r['backlog'] / r['backlog_s']:.0f} events/s ({r['backlog_s']:.2f} s) | |
-| latency, outbox commit → receiver, at {r['rate']:g} events/s ({r['n']:.0f} events), p50 \
-| {r['p50']:.2f} ms | |
-| same, p99 | {r['p99']:.2f} ms | < 100 ms |
-| same, max | {r['max']:.2f} ms | |
+| backlog delivered ({r["backlog"]:.0f} events, {args.subjects} subjects, concurrency {args.concurrency}) \
+| {r["backlog"] / r["backlog_s"]:.0f} events/s ({r["backlog_s"]:.2f} s) | |
+| latency, outbox commit → receiver, at {r["rate"]:g} events/s ({r["n"]:.0f} events), p50 \
+| {r["p50"]:.2f} ms | |
+| same, p99 | {r["p99"]:.2f} ms | < 100 ms |
+| same, max | {r["max"]:.2f} ms | |
 """
     print(text)
     if args.out is not None:

@@ -36,13 +36,25 @@ T0 = 1_700_000_000_000
 
 
 def profiles() -> dict[str, Profile]:
-    return {p.profile: p for p in (load_profile(f) for f in sorted((ROOT / "device_profiles").glob("*.yaml"))
-                                   if not f.name.startswith("_"))}
+    return {
+        p.profile: p
+        for p in (
+            load_profile(f) for f in sorted((ROOT / "device_profiles").glob("*.yaml")) if not f.name.startswith("_")
+        )
+    }
 
 
 def site(i: int) -> Site:
-    return Site.model_validate({"site_id": f"S{i}", "name": f"site {i}", "town": "T", "grid_cell": "G",
-                                "domain": "industrial", "station": {"station_id": "MS", "name": "MS"}})
+    return Site.model_validate(
+        {
+            "site_id": f"S{i}",
+            "name": f"site {i}",
+            "town": "T",
+            "grid_cell": "G",
+            "domain": "industrial",
+            "station": {"station_id": "MS", "name": "MS"},
+        }
+    )
 
 
 def fleet(profs: dict[str, Profile], per_profile: int) -> Catalog:
@@ -78,14 +90,35 @@ def readings(cat: Catalog, n: int, rnd: random.Random) -> list[Reading]:
         prof = cat.profiles[d.profile]
         pt = rnd.choice(prof.points)
         ts = T0 + k
-        out.append(Reading(d.site_id, d.device_id, pt.name, _value(prof, pt.name, rnd), pt.unit, ts, ts,
-                           point_class=PointClass(pt.point_class)))
+        out.append(
+            Reading(
+                d.site_id,
+                d.device_id,
+                pt.name,
+                _value(prof, pt.name, rnd),
+                pt.unit,
+                ts,
+                ts,
+                point_class=PointClass(pt.point_class),
+            )
+        )
     return out
 
 
 def shifted(rs: list[Reading], ms: int) -> list[Reading]:
-    return [Reading(r.site_id, r.device_id, r.metric, r.value, r.unit, r.ts_ms + ms, r.received_at_ms + ms,
-                    point_class=r.point_class) for r in rs]
+    return [
+        Reading(
+            r.site_id,
+            r.device_id,
+            r.metric,
+            r.value,
+            r.unit,
+            r.ts_ms + ms,
+            r.received_at_ms + ms,
+            point_class=r.point_class,
+        )
+        for r in rs
+    ]
 
 
 def with_threshold(device: Device, profile: Profile) -> Sequence[AnyRule]:
@@ -108,7 +141,7 @@ def bench_eval(per_profile: int) -> dict[str, float]:
     per_batch = []
     gc.disable()
     for i in range(0, len(data) - batch, batch):
-        chunk = data[i:i + batch]
+        chunk = data[i : i + batch]
         t = time.perf_counter_ns()
         eng.on_readings(chunk, T0)
         per_batch.append((time.perf_counter_ns() - t) / batch / 1000)
@@ -117,24 +150,34 @@ def bench_eval(per_profile: int) -> dict[str, float]:
     tail = shifted(tail, 400_000)
     for i in range(0, len(tail), 100):
         t = time.perf_counter_ns()
-        for r in tail[i:i + 100]:
+        for r in tail[i : i + 100]:
             eng.on_readings((r,), T0)
         singles.append((time.perf_counter_ns() - t) / 100 / 1000)
     gc.enable()
     assert eng.counters["stale"] == 0, eng.counters
-    return {"devices": float(len(cat.devices)), "batched_median_us": statistics.median(per_batch),
-            "batched_p99_us": sorted(per_batch)[int(len(per_batch) * 0.99)],
-            "single_median_us": statistics.median(singles)}
+    return {
+        "devices": float(len(cat.devices)),
+        "batched_median_us": statistics.median(per_batch),
+        "batched_p99_us": sorted(per_batch)[int(len(per_batch) * 0.99)],
+        "single_median_us": statistics.median(singles),
+    }
 
 
 def bench_nodata(n: int) -> dict[str, float]:
     button = profiles()["onekey-alarm-button"]
-    devices = [Device.model_construct(device_id=f"B{i}", site_id="S0", profile=button.profile,
-                                      location=Device.model_fields["location"].get_default(call_default_factory=True),
-                                      modbus=None)
-               for i in range(n)]
-    cat = Catalog(profiles={button.profile: button}, inventory=Inventory.model_construct(sites=[site(0)],
-                                                                                          devices=devices))
+    devices = [
+        Device.model_construct(
+            device_id=f"B{i}",
+            site_id="S0",
+            profile=button.profile,
+            location=Device.model_fields["location"].get_default(call_default_factory=True),
+            modbus=None,
+        )
+        for i in range(n)
+    ]
+    cat = Catalog(
+        profiles={button.profile: button}, inventory=Inventory.model_construct(sites=[site(0)], devices=devices)
+    )
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
@@ -156,8 +199,9 @@ def bench_nodata(n: int) -> dict[str, float]:
     # the point's dispatch list; the second round is the steady state: store the receive time)
     spread = timeout // 2
     for rnd in (0, 1):
-        hb = [Reading("S0", f"B{i}", "heartbeat", 1, "", ts, ts)
-              for i in range(n) for ts in (T0 + rnd + i * spread // n,)]
+        hb = [
+            Reading("S0", f"B{i}", "heartbeat", 1, "", ts, ts) for i in range(n) for ts in (T0 + rnd + i * spread // n,)
+        ]
         t = time.perf_counter_ns()
         eng.on_readings(hb, T0 + spread)
         hb_us = (time.perf_counter_ns() - t) / n / 1000
@@ -185,12 +229,20 @@ def bench_nodata(n: int) -> dict[str, float]:
         eng.tick(T0 + 2 * timeout + sec * 1000)
         quiet.append((time.perf_counter_ns() - t) / 1000)
     gc.unfreeze()
-    return {"build_ms": build_ms, "arm_ms": arm_ms, "devices": float(n), "memory_mb": mem / 1e6,
-            "bytes_per_device": mem / n,
-            "heartbeat_us": hb_us, "idle_tick_us": statistics.median(idle), "rearm_us_per_timer": rearm_us,
-            "tick_median_us": statistics.median(per_tick), "tick_max_us": max(per_tick),
-            "quiet_tick_us": statistics.median(quiet),
-            "offline_conditions": float(offline)}
+    return {
+        "build_ms": build_ms,
+        "arm_ms": arm_ms,
+        "devices": float(n),
+        "memory_mb": mem / 1e6,
+        "bytes_per_device": mem / n,
+        "heartbeat_us": hb_us,
+        "idle_tick_us": statistics.median(idle),
+        "rearm_us_per_timer": rearm_us,
+        "tick_median_us": statistics.median(per_tick),
+        "tick_max_us": max(per_tick),
+        "quiet_tick_us": statistics.median(quiet),
+        "offline_conditions": float(offline),
+    }
 
 
 def main() -> None:
@@ -203,37 +255,42 @@ def main() -> None:
     nd = bench_nodata(args.devices)
     cmd = "python bench/bench_rules.py " + " ".join(sys.argv[1:])
     lines = [
-        "# Rule engine benchmark", "",
+        "# Rule engine benchmark",
+        "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-        f"2 cores ({platform.system()})", "",
-        "## Evaluation cost per reading (shipped profiles, default rules + a 30 s pressure threshold)", "",
+        f"2 cores ({platform.system()})",
+        "",
+        "## Evaluation cost per reading (shipped profiles, default rules + a 30 s pressure threshold)",
+        "",
         "| fleet devices | batched median | batched p99 | one reading per call, median | target |",
         "| ---: | ---: | ---: | ---: | ---: |",
         f"| {ev['devices']:.0f} | {ev['batched_median_us']:.2f} µs | {ev['batched_p99_us']:.2f} µs "
-        f"| {ev['single_median_us']:.2f} µs | < 5 µs |", "",
-        f"## No-data timers, {nd['devices']:.0f} devices (900 s timeout)", "",
-        "| measure | value |", "| --- | ---: |",
+        f"| {ev['single_median_us']:.2f} µs | < 5 µs |",
+        "",
+        f"## No-data timers, {nd['devices']:.0f} devices (900 s timeout)",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
         f"| engine memory after arming every timer (tracemalloc) | {nd['memory_mb']:.1f} MB "
         f"({nd['bytes_per_device']:.0f} B/device) |",
-        f"| engine construction / first tick arming every timer | {nd['build_ms']:.0f} ms / "
-        f"{nd['arm_ms']:.0f} ms |",
-        f"| a heartbeat reading, steady state (stores the receive time, no heap work) | "
-        f"{nd['heartbeat_us']:.2f} µs |",
+        f"| engine construction / first tick arming every timer | {nd['build_ms']:.0f} ms / {nd['arm_ms']:.0f} ms |",
+        f"| a heartbeat reading, steady state (stores the receive time, no heap work) | {nd['heartbeat_us']:.2f} µs |",
         f"| idle tick (nothing due), median | {nd['idle_tick_us']:.2f} µs |",
-        f"| lazy re-arm of a timer that fell due for a device heard from | "
-        f"{nd['rearm_us_per_timer']:.2f} µs |",
+        f"| lazy re-arm of a timer that fell due for a device heard from | {nd['rearm_us_per_timer']:.2f} µs |",
         f"| 1 s ticks while devices fall silent (~{nd['devices'] / 450:.0f} due/tick), median | "
         f"{nd['tick_median_us']:.0f} µs |",
         f"| same, worst tick (after `gc.freeze()` at start-up) | {nd['tick_max_us']:.0f} µs |",
         f"| 1 s ticks once every device is offline (nothing armed), median | {nd['quiet_tick_us']:.2f} µs |",
-        f"| offline conditions raised | {nd['offline_conditions']:.0f} |", "",
+        f"| offline conditions raised | {nd['offline_conditions']:.0f} |",
+        "",
         "Notes: a reading costs one dict lookup, a time comparison and its rules; analog points with no rule",
         "cost the least. The no-data timer of a device is one heap entry, re-armed only when it falls due",
         "(a reading just stores its receive time), so a tick costs O(due timers). The cost of a due timer",
         "that raises a condition includes building the Condition record. Without `gc.freeze()` the worst",
         "tick is a full (generation 2) garbage collection over the ~100k long-lived engine objects",
-        "(~0.3 s here); the gateway should call `gc.freeze()` once after loading the catalog.", "",
+        "(~0.3 s here); the gateway should call `gc.freeze()` once after loading the catalog.",
+        "",
     ]
     text = "\n".join(lines)
     print(text)

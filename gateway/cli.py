@@ -69,12 +69,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             catalog = await asyncio.to_thread(load_catalog, settings.profiles_dir, settings.inventory)
         except ConfigError as exc:
-            logger.error("SIGHUP: profiles or inventory not valid; keeping the running set:\n%s",
-                         "\n".join(exc.problems))
+            logger.error(
+                "SIGHUP: profiles or inventory not valid; keeping the running set:\n%s", "\n".join(exc.problems)
+            )
             return
         await gw.reload(catalog)
-        logger.info("SIGHUP: reloaded %d profiles, %d sites, %d devices", len(catalog.profiles), len(catalog.sites),
-                    len(catalog.devices))
+        logger.info(
+            "SIGHUP: reloaded %d profiles, %d sites, %d devices",
+            len(catalog.profiles),
+            len(catalog.sites),
+            len(catalog.devices),
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -87,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             task = loop.create_task(reload())
             pending.add(task)
             task.add_done_callback(pending.discard)
+
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await gw.run(stop)
 
@@ -133,8 +139,18 @@ def cmd_profiles_try(args: argparse.Namespace) -> int:
     sample = Path(args.sample).read_bytes() if args.sample != "-" else sys.stdin.buffer.read()
     now = int(time.time() * 1000)
     readings = decode_sample(profile, sample, now)
-    out = [{"metric": r.metric, "value": r.value, "unit": r.unit, "ts": _iso(r.ts_ms), "quality": r.quality.value,
-            "class": r.point_class.value, "urgent": r.urgent} for r in readings]
+    out = [
+        {
+            "metric": r.metric,
+            "value": r.value,
+            "unit": r.unit,
+            "ts": _iso(r.ts_ms),
+            "quality": r.quality.value,
+            "class": r.point_class.value,
+            "urgent": r.urgent,
+        }
+        for r in readings
+    ]
     if args.json:
         _print_json(out)
     else:
@@ -187,9 +203,19 @@ def cmd_readings(args: argparse.Namespace) -> int:
     with _store(settings) as store:
         rows = store.readings(args.device, metric=args.metric, since_ms=since, limit=args.limit)
     typed = _typer(settings)
-    out = [{"device_id": r.device_id, "site_id": r.site_id, "metric": r.metric,
-            "value": typed(r.device_id, r.metric, r.value), "unit": r.unit,
-            "ts": _iso(r.ts_ms), "received_at": _iso(r.received_at_ms), "quality": r.quality} for r in rows]
+    out = [
+        {
+            "device_id": r.device_id,
+            "site_id": r.site_id,
+            "metric": r.metric,
+            "value": typed(r.device_id, r.metric, r.value),
+            "unit": r.unit,
+            "ts": _iso(r.ts_ms),
+            "received_at": _iso(r.received_at_ms),
+            "quality": r.quality,
+        }
+        for r in rows
+    ]
     if args.json:
         _print_json(out)
     else:
@@ -217,7 +243,8 @@ def _workflow_rows(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     with _store(_settings(args)) as store:
         ws = WorkflowStore(store.conn)
         rows = (ws.fire_events if kind == "fire_event" else ws.hazards)(
-            open_only=args.open, site_id=args.site, limit=args.limit)
+            open_only=args.open, site_id=args.site, limit=args.limit
+        )
         out = []
         for r in rows:
             pub = public_subject(kind, r)
@@ -234,8 +261,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             where = " ".join(x for x in (r.get("building"), r.get("floor") and f"{r['floor']}F") if x)
-            print(f"{r['opened_at']}  {r['state']:<12} {r['site_id']:<22} {r['device_id']:<16} {where:<12} "
-                  f"{r['station']}")
+            print(
+                f"{r['opened_at']}  {r['state']:<12} {r['site_id']:<22} {r['device_id']:<16} {where:<12} {r['station']}"
+            )
     return 0
 
 
@@ -245,8 +273,10 @@ def cmd_hazards(args: argparse.Namespace) -> int:
         _print_json(rows)
     else:
         for r in rows:
-            print(f"{r['opened_at']}  {r['state']:<10} {r['severity']:<8} {r['tier']:<12} {r['site_id']:<22} "
-                  f"{r['device_id']:<16} {r['title_zh']} / {r['title_en']}  x{r['count']}")
+            print(
+                f"{r['opened_at']}  {r['state']:<10} {r['severity']:<8} {r['tier']:<12} {r['site_id']:<22} "
+                f"{r['device_id']:<16} {r['title_zh']} / {r['title_en']}  x{r['count']}"
+            )
     return 0
 
 
@@ -265,8 +295,10 @@ def cmd_sites(args: argparse.Namespace) -> int:
         _print_json(rows)
     else:
         for r in rows:
-            print(f"{r['code']:<7} {r['site_id']:<24} {r['name']:<24} hazards {r['hazards_open']:<3} "
-                  f"next inspection {r['next_inspection_due']}  {r['reason_zh']}")
+            print(
+                f"{r['code']:<7} {r['site_id']:<24} {r['name']:<24} hazards {r['hazards_open']:<3} "
+                f"next inspection {r['next_inspection_due']}  {r['reason_zh']}"
+            )
     return 0
 
 
@@ -276,8 +308,9 @@ def cmd_sites(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulators.demo import run_demo
 
-    rc: int = run_demo(duration=args.duration, workdir=Path(args.workdir), devices=args.devices, rate=args.rate,
-                       workflow=args.workflow)
+    rc: int = run_demo(
+        duration=args.duration, workdir=Path(args.workdir), devices=args.devices, rate=args.rate, workflow=args.workflow
+    )
     return rc
 
 
@@ -287,15 +320,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the command: `firegw --config F run` and `firegw run --config F`
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="YAML config file (default: $FIREGW_CONFIG)")
-    parser = argparse.ArgumentParser(prog="firegw", description="Fire-safety IoT telemetry gateway",
-                                     parents=[common])
+    common.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="YAML config file (default: $FIREGW_CONFIG)"
+    )
+    parser = argparse.ArgumentParser(prog="firegw", description="Fire-safety IoT telemetry gateway", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
 
     def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
         return _add_parser(name, parents=[common], **kw)
+
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("run", help="run the gateway in the foreground")
@@ -306,16 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/demo", help="where the demo keeps its store and broker files")
     p.add_argument("--devices", type=int, default=40)
     p.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
-    p.add_argument("--workflow", default="record", choices=["record", "ack-resolve"],
-                   help="the simulated grid workflow: record what it gets, or also answer through the API")
+    p.add_argument(
+        "--workflow",
+        default="record",
+        choices=["record", "ack-resolve"],
+        help="the simulated grid workflow: record what it gets, or also answer through the API",
+    )
     p.set_defaults(fn=cmd_demo)
 
     prof = sub.add_parser("profiles", help="check, describe and try device profiles").add_subparsers(
-        dest="profiles_command", required=True)
+        dest="profiles_command", required=True
+    )
     _add_prof = prof.add_parser
 
     def add_prof(name: str, **kw: Any) -> argparse.ArgumentParser:
         return _add_prof(name, parents=[common], **kw)
+
     prof.add_parser = add_prof  # type: ignore[method-assign]
     p = prof.add_parser("check", help="validate profiles and inventory files or directories")
     p.add_argument("paths", nargs="*")
@@ -340,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_readings)
 
-    for name, fn, help_text in (("events", cmd_events, "fire events (警情) from the embedded store"),
-                                ("hazards", cmd_hazards, "hazards (隐患) from the embedded store")):
+    for name, fn, help_text in (
+        ("events", cmd_events, "fire events (警情) from the embedded store"),
+        ("hazards", cmd_hazards, "hazards (隐患) from the embedded store"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--open", action="store_true", help="only the ones not resolved / closed")
         p.add_argument("--site")

@@ -31,8 +31,9 @@ class Stage:
     last_error: str | None = None
     failing: str | None = None  # the stage cannot go on (the store refuses writes, a port is taken)
     counters: dict[str, int] = field(default_factory=dict)
-    _edge: EdgeLog = field(default_factory=lambda: EdgeLog(logger, level=logging.ERROR), init=False, repr=False,
-                           compare=False)
+    _edge: EdgeLog = field(
+        default_factory=lambda: EdgeLog(logger, level=logging.ERROR), init=False, repr=False, compare=False
+    )
 
     def fail(self, reason: str) -> bool:
         """Mark the stage failing; logs on the edge only (DEBUG while it stays failing). True when it

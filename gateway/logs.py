@@ -15,13 +15,15 @@ from typing import Any
 __all__ = ["EdgeFilter", "RedactingFilter", "raise_file_limit", "redact", "setup_logging"]
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:]*):(?P<pw>[^/@\s]*)@")
-_QUERY = re.compile(r"(?<![A-Za-z0-9_.-])(?P<key>(?:api[_-]?key|access[_-]?token|token|password|passwd|pwd|"
-                    r"secret|key|auth|signature|sig)=)(?P<value>[^&\s#'\"]+)", re.IGNORECASE)
+_QUERY = re.compile(
+    r"(?<![A-Za-z0-9_.-])(?P<key>(?:api[_-]?key|access[_-]?token|token|password|passwd|pwd|"
+    r"secret|key|auth|signature|sig)=)(?P<value>[^&\s#'\"]+)",
+    re.IGNORECASE,
+)
 _BEARER = re.compile(r"(?P<key>\b[Bb]earer\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})")
 
 #: Libraries that log per request or per frame; their state changes are logged by firegw itself.
-QUIET = ("httpx", "httpcore", "pymodbus", "uvicorn", "uvicorn.error", "uvicorn.access", "influxdb_client",
-         "urllib3")
+QUIET = ("httpx", "httpcore", "pymodbus", "uvicorn", "uvicorn.error", "uvicorn.access", "influxdb_client", "urllib3")
 
 
 def redact(text: str) -> str:
@@ -46,8 +48,9 @@ class RedactingFilter(logging.Filter):
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(_clean(a) if isinstance(a, str) else (redact(str(a)) if _urlish(a) else a)
-                                for a in record.args)
+            record.args = tuple(
+                _clean(a) if isinstance(a, str) else (redact(str(a)) if _urlish(a) else a) for a in record.args
+            )
         elif isinstance(record.args, dict):
             record.args = {k: _clean(v) for k, v in record.args.items()}
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:

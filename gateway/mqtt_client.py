@@ -23,9 +23,18 @@ from gateway.tls import client_context
 __all__ = ["build_client", "jitter_reconnect"]
 
 
-def build_client(*, section: str, client_id: str, protocol: Literal["5", "3.1.1"], username: str | None,
-                 password: str | None, secure: bool, tls: TlsSettings, reconnect: Backoff,
-                 manual_ack: bool = False) -> paho.Client:
+def build_client(
+    *,
+    section: str,
+    client_id: str,
+    protocol: Literal["5", "3.1.1"],
+    username: str | None,
+    password: str | None,
+    secure: bool,
+    tls: TlsSettings,
+    reconnect: Backoff,
+    manual_ack: bool = False,
+) -> paho.Client:
     """A paho client, not connected yet. ``section``: the settings section, named in errors.
 
     Under MQTT 3.1.1 the session is persistent (``clean_session=False``); under MQTT 5 the caller
@@ -33,8 +42,12 @@ def build_client(*, section: str, client_id: str, protocol: Literal["5", "3.1.1"
     call this off the event loop).
     """
     version = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
-    kwargs: dict[str, Any] = {"callback_api_version": CallbackAPIVersion.VERSION2, "client_id": client_id,
-                              "protocol": version, "manual_ack": manual_ack}
+    kwargs: dict[str, Any] = {
+        "callback_api_version": CallbackAPIVersion.VERSION2,
+        "client_id": client_id,
+        "protocol": version,
+        "manual_ack": manual_ack,
+    }
     if version == MQTTProtocolVersion.MQTTv311:
         kwargs["clean_session"] = False
     client = paho.Client(**kwargs)

@@ -51,8 +51,15 @@ class Backoff:
 
     __slots__ = ("_rng", "failures", "first_s", "jitter", "max_s", "retry_after_max_s")
 
-    def __init__(self, first_s: float, max_s: float, *, jitter: float = 0.5,
-                 retry_after_max_s: float = RETRY_AFTER_MAX_S, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        first_s: float,
+        max_s: float,
+        *,
+        jitter: float = 0.5,
+        retry_after_max_s: float = RETRY_AFTER_MAX_S,
+        rng: random.Random | None = None,
+    ) -> None:
         if not (first_s > 0 and max_s > 0):
             raise ValueError(f"backoff: delays must be positive, got {first_s!r}, {max_s!r}")
         if not 0 <= jitter <= 1:
@@ -88,8 +95,7 @@ class Backoff:
         self.failures = 0
 
 
-def retry_after(header_value: str | None, now: float | None = None, *,
-                cap: float = RETRY_AFTER_MAX_S) -> float | None:
+def retry_after(header_value: str | None, now: float | None = None, *, cap: float = RETRY_AFTER_MAX_S) -> float | None:
     """Seconds to wait from a ``Retry-After`` header, within ``[0, cap]``; None when absent or unreadable.
 
     Takes delay seconds (``"120"``, also ``"1.5"``) or an HTTP date (``"Wed, 21 Oct 2026 07:28:00

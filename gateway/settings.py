@@ -26,8 +26,19 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from gateway.errors import ConfigError
 
-__all__ = ["ApiSettings", "ApiToken", "EventsMqttSettings", "GatewaySettings", "InfluxSettings", "MqttSettings",
-           "PipelineSettings", "StoreSettings", "TlsSettings", "WebhookSettings", "load_settings"]
+__all__ = [
+    "ApiSettings",
+    "ApiToken",
+    "EventsMqttSettings",
+    "GatewaySettings",
+    "InfluxSettings",
+    "MqttSettings",
+    "PipelineSettings",
+    "StoreSettings",
+    "TlsSettings",
+    "WebhookSettings",
+    "load_settings",
+]
 
 ENV_PREFIX = "FIREGW_"
 
@@ -41,14 +52,19 @@ class TlsSettings(_Section):
     every section that connects somewhere. TLS itself is chosen by the URL (``mqtts://``,
     ``https://``; for MQTT also by a ``ca_file``)."""
 
-    ca_file: Path | None = Field(default=None, description="CA certificates (PEM) that sign the server's "
-                                 "certificate; unset: the system's CAs and certifi's bundle")
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) that sign the server's "
+        "certificate; unset: the system's CAs and certifi's bundle",
+    )
     cert_file: Path | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
     key_file: Path | None = Field(default=None, description="its private key (PEM); unset: in cert_file")
-    verify: bool = Field(default=True, description="check the server's certificate at all (never false in "
-                         "production)")
-    check_hostname: bool = Field(default=True, description="check that the certificate names the host; false: "
-                                 "any certificate the CA signed (never in production)")
+    verify: bool = Field(default=True, description="check the server's certificate at all (never false in production)")
+    check_hostname: bool = Field(
+        default=True,
+        description="check that the certificate names the host; false: "
+        "any certificate the CA signed (never in production)",
+    )
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> TlsSettings:
@@ -60,9 +76,13 @@ class TlsSettings(_Section):
 _BOOL = TypeAdapter(bool)
 _PATH = TypeAdapter(Path | None)
 #: The flat TLS keys of earlier versions: old key -> (key in ``tls``, whether the value is negated).
-_FLAT_TLS: dict[str, tuple[str, bool]] = {"ca_file": ("ca_file", False), "cert_file": ("cert_file", False),
-                                          "key_file": ("key_file", False), "verify_tls": ("verify", False),
-                                          "tls_insecure": ("check_hostname", True)}
+_FLAT_TLS: dict[str, tuple[str, bool]] = {
+    "ca_file": ("ca_file", False),
+    "cert_file": ("cert_file", False),
+    "key_file": ("key_file", False),
+    "verify_tls": ("verify", False),
+    "tls_insecure": ("check_hostname", True),
+}
 #: The sections that connect somewhere (each has a ``tls`` block).
 _CONNECTING = ("mqtt", "events_mqtt", "webhook", "influx")
 
@@ -89,8 +109,9 @@ def _nest_tls(section: str, data: dict[str, Any]) -> dict[str, Any]:
             except ValidationError:
                 raise ValueError(f"{section}.{old}: expected true or false, got {value!r}") from None
         if new in tls and not _same(new, tls[new], value):
-            raise ValueError(f"{section}.{old} and {section}.tls.{new} are both given and differ: keep "
-                             f"{section}.tls.{new}")
+            raise ValueError(
+                f"{section}.{old} and {section}.tls.{new} are both given and differ: keep {section}.tls.{new}"
+            )
         tls[new] = value
     out["tls"] = tls
     return out
@@ -186,7 +207,8 @@ class ApiToken(_Section):
 class StoreSettings(_Section):
     path: Path = Path("./var/firegw.db")
     synchronous: Literal["normal", "full"] = Field(
-        default="full", description="full: a commit survives power loss; normal: survives a process crash")
+        default="full", description="full: a commit survives power loss; normal: survives a process crash"
+    )
     retention_days: float = Field(default=30.0, gt=0, description="keep readings this long")
     dedup_days: float = Field(default=7.0, gt=0, description="remember message ids this long")
     dead_letter_days: float = Field(default=30.0, gt=0)
@@ -195,13 +217,24 @@ class StoreSettings(_Section):
 
 class PipelineSettings(_Section):
     inbox_size: int = Field(default=20_000, ge=1, le=1_000_000, description="bounded inbox of the committer")
-    max_batch: int = Field(default=5_000, ge=1, le=100_000,
-                           description="most messages in one bulk transaction (urgent ones go first, apart)")
+    max_batch: int = Field(
+        default=5_000,
+        ge=1,
+        le=100_000,
+        description="most messages in one bulk transaction (urgent ones go first, apart)",
+    )
     tick_s: float = Field(default=1.0, gt=0, le=60)
-    max_payload_bytes: int = Field(default=262_144, ge=1_024, le=16_777_216,
-                                   description="a larger message is a dead letter (first 4 KiB kept), before decoding")
-    max_clock_skew_s: float = Field(default=300.0, gt=0, description="a device time further off is suspect; one "
-                                    "further ahead never becomes the latest value")
+    max_payload_bytes: int = Field(
+        default=262_144,
+        ge=1_024,
+        le=16_777_216,
+        description="a larger message is a dead letter (first 4 KiB kept), before decoding",
+    )
+    max_clock_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a device time further off is suspect; one further ahead never becomes the latest value",
+    )
 
 
 class ApiSettings(_Section):
@@ -211,15 +244,20 @@ class ApiSettings(_Section):
     listen: str = Field(default="127.0.0.1:8080", description="host:port")
     tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens, stored as SHA-256 hashes")
     cors_origins: list[str] = Field(default_factory=list, description="closed by default")
-    max_body_bytes: int = Field(default=1_048_576, gt=0, description="checked after the token, before the body "
-                                "is read, chunked bodies included")
+    max_body_bytes: int = Field(
+        default=1_048_576, gt=0, description="checked after the token, before the body is read, chunked bodies included"
+    )
     max_connections: int = Field(default=256, ge=8, le=65_536, description="more are closed at once")
     header_timeout_s: float = Field(default=10.0, gt=0, description="a request head must arrive within this")
     keepalive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections are closed after this")
     max_streams_per_token: int = Field(default=4, ge=1, description="live streams (/api/v1/stream) per token")
     docs: bool = Field(default=False, description="serve /docs (Swagger UI loads its assets from a CDN)")
-    dry_run_timeout_s: float = Field(default=5.0, gt=0, le=300, description="a profile dry run taking longer "
-                                     "is stopped (it runs in a worker process) and answered 422")
+    dry_run_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="a profile dry run taking longer is stopped (it runs in a worker process) and answered 422",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -232,9 +270,11 @@ class ApiSettings(_Section):
     @model_validator(mode="after")
     def _secure_by_default(self) -> ApiSettings:
         if self.enabled and not self.tokens and not _loopback(self.host):
-            raise ValueError(f"listen: {self.listen} is not a loopback address and api.tokens is empty: with no "
-                             "tokens the API serves anyone who can reach it. Configure api.tokens "
-                             "(FIREGW_API__TOKENS) or listen on 127.0.0.1")
+            raise ValueError(
+                f"listen: {self.listen} is not a loopback address and api.tokens is empty: with no "
+                "tokens the API serves anyone who can reach it. Configure api.tokens "
+                "(FIREGW_API__TOKENS) or listen on 127.0.0.1"
+            )
         return self
 
     @property
@@ -308,11 +348,16 @@ class InfluxSettings(_Connecting):
     flush_interval_s: float = Field(default=1.0, gt=0)
     gzip: bool = True
     timeout_s: float = Field(default=10.0, gt=0)
-    max_backlog_mb: float = Field(default=2_048.0, gt=0,
-                                  description="disk bound: beyond it the oldest bulk readings are evicted")
-    resend_window_s: float = Field(default=60.0, ge=0, le=86_400,
-                                   description="when the database restarted, re-send what it had confirmed this "
-                                   "long before (it may have lost it); 0: off")
+    max_backlog_mb: float = Field(
+        default=2_048.0, gt=0, description="disk bound: beyond it the oldest bulk readings are evicted"
+    )
+    resend_window_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="when the database restarted, re-send what it had confirmed this "
+        "long before (it may have lost it); 0: off",
+    )
 
 
 class GatewaySettings(_Section):
@@ -328,8 +373,11 @@ class GatewaySettings(_Section):
     influx: InfluxSettings = InfluxSettings()
 
 
-_TOP_LEVEL_ENV = {"FIREGW_INVENTORY": "inventory", "FIREGW_PROFILES_DIR": "profiles_dir",
-                  "FIREGW_LOG_LEVEL": "log_level"}
+_TOP_LEVEL_ENV = {
+    "FIREGW_INVENTORY": "inventory",
+    "FIREGW_PROFILES_DIR": "profiles_dir",
+    "FIREGW_LOG_LEVEL": "log_level",
+}
 
 
 def _env_value(key: str, value: str) -> Any:
@@ -352,7 +400,7 @@ def _structured(key: str) -> bool:
 
     model: Any = GatewaySettings
     info = None
-    for part in key[len(ENV_PREFIX):].lower().split("__"):
+    for part in key[len(ENV_PREFIX) :].lower().split("__"):
         if not isinstance(model, type) or not issubclass(model, BaseModel):
             return False
         info = model.model_fields.get(part)
@@ -369,7 +417,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         if key in _TOP_LEVEL_ENV:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith(ENV_PREFIX) and "__" in key:
-            *parents, field = key[len(ENV_PREFIX):].lower().split("__")
+            *parents, field = key[len(ENV_PREFIX) :].lower().split("__")
             node = out
             for part in parents:
                 child = node.setdefault(part, {})
@@ -400,8 +448,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None,
-                  overrides: dict[str, Any] | None = None) -> GatewaySettings:
+def load_settings(
+    config: Path | None = None, env: Mapping[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> GatewaySettings:
     """Read the config file (if any), then the environment, then ``overrides``; validate all."""
     env = os.environ if env is None else env
     if config is None and env.get("FIREGW_CONFIG"):

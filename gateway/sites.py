@@ -27,15 +27,28 @@ def site_summaries(catalog: Catalog, ws: WorkflowStore, now_ms: int) -> list[dic
         hazards = by_site.get(site.site_id, [])
         sc = site_code(hazards, overrides.get(site.site_id), now_ms, inspections.get(site.site_id))
         counts = {sev: sum(1 for h in hazards if h.severity == sev) for sev in ("critical", "major", "minor", "info")}
-        out.append({
-            "site_id": site.site_id, "name": site.name, "enterprise": site.enterprise, "town": site.town,
-            "grid_cell": site.grid_cell, "domain": site.domain, "address": site.address,
-            "station": site.station.name, "station_id": site.station.station_id,
-            "code": sc.code, "reason_zh": sc.reason_zh, "reason_en": sc.reason_en, "overridden": sc.overridden,
-            "inspection_cadence": sc.cadence, "next_inspection_due": iso(sc.next_inspection_due_ms),
-            "last_inspection": iso(inspections.get(site.site_id)),
-            "hazards_open": len(hazards), "hazards_by_severity": counts,
-            "hazards_proposed": sum(1 for h in hazards if h.state == "proposed"),
-            "fire_events_open": fires.get(site.site_id, 0),
-        })
+        out.append(
+            {
+                "site_id": site.site_id,
+                "name": site.name,
+                "enterprise": site.enterprise,
+                "town": site.town,
+                "grid_cell": site.grid_cell,
+                "domain": site.domain,
+                "address": site.address,
+                "station": site.station.name,
+                "station_id": site.station.station_id,
+                "code": sc.code,
+                "reason_zh": sc.reason_zh,
+                "reason_en": sc.reason_en,
+                "overridden": sc.overridden,
+                "inspection_cadence": sc.cadence,
+                "next_inspection_due": iso(sc.next_inspection_due_ms),
+                "last_inspection": iso(inspections.get(site.site_id)),
+                "hazards_open": len(hazards),
+                "hazards_by_severity": counts,
+                "hazards_proposed": sum(1 for h in hazards if h.state == "proposed"),
+                "fire_events_open": fires.get(site.site_id, 0),
+            }
+        )
     return out

@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(name, help=help_text)
             continue
         mod = importlib.import_module(module)  # only the simulator asked for is imported
-        p = sub.add_parser(name, help=help_text, description=mod.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=help_text, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         mod.add_arguments(p)
     args = parser.parse_args(argv)
     mod = importlib.import_module(SIMULATORS[args.simulator][0])

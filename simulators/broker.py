@@ -84,24 +84,26 @@ class Mosquitto:
 
     def config_text(self) -> str:
         data = self.workdir / "data"
-        return "\n".join([
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {data}/",
-            "autosave_interval 30",
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-            "max_queued_bytes 0",
-            "max_inflight_messages 0",
-            "max_keepalive 3600",
-            f"message_size_limit {self.message_size_limit}",
-            f"log_dest file {self.workdir}/mosquitto.log",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            self.extra_config,
-            "",
-        ])
+        return "\n".join(
+            [
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                "persistence true",
+                f"persistence_location {data}/",
+                "autosave_interval 30",
+                f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+                "max_queued_bytes 0",
+                "max_inflight_messages 0",
+                "max_keepalive 3600",
+                f"message_size_limit {self.message_size_limit}",
+                f"log_dest file {self.workdir}/mosquitto.log",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                self.extra_config,
+                "",
+            ]
+        )
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +111,9 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
         _chown_for_mosquitto(self.workdir)
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         self._wait_listening(self.port, timeout)
         return self
 

@@ -55,9 +55,14 @@ def _port_free(port: int) -> bool:
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A simulator process; secrets go in ``env``, never in its arguments (visible to every user)."""
     with log.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "simulators", *args], cwd=ROOT, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+        return subprocess.Popen(
+            [sys.executable, "-m", "simulators", *args],
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -66,8 +71,9 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: float = 1.0,
-             workflow: str = "record") -> int:
+def run_demo(
+    *, duration: float | None, workdir: Path, devices: int = 40, rate: float = 1.0, workflow: str = "record"
+) -> int:
     from gateway.runtime.pipeline import Gateway
     from gateway.settings import load_settings
     from gateway.store.sqlite import Store
@@ -86,39 +92,77 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
     pumps = PumpRoomProcess(workdir, devices=2)
     pump_inv = pumps.inventory
     try:
-        subprocess.run([sys.executable, "-m", "simulators", "fleet", "--devices", str(devices),
-                        "--write-inventory", str(fleet_inv), "--duration", "0"], check=True, cwd=ROOT,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "simulators",
+                "fleet",
+                "--devices",
+                str(devices),
+                "--write-inventory",
+                str(fleet_inv),
+                "--duration",
+                "0",
+            ],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
         try:
             sims.append(pumps.start())
         except RuntimeError as exc:
             print(f"demo: the pump-room simulator did not start ({exc}); see", workdir / "pumproom.log")
         inv = workdir / "inventory.yaml"
-        inv.write_text(yaml.safe_dump(_merge_inventories(fleet_inv, pump_inv), allow_unicode=True, sort_keys=False),
-                       encoding="utf-8")
+        inv.write_text(
+            yaml.safe_dump(_merge_inventories(fleet_inv, pump_inv), allow_unicode=True, sort_keys=False),
+            encoding="utf-8",
+        )
         db = workdir / "firegw.db"
         tokens = {role: secrets.token_urlsafe(18) for role in ("viewer", "operator", "admin")}
         config = workdir / "gateway.yaml"  # holds the demo's tokens: its owner only
-        _write_private(config, yaml.safe_dump({"api": {"tokens": [
-            {"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]}}))
+        _write_private(
+            config,
+            yaml.safe_dump(
+                {
+                    "api": {
+                        "tokens": [{"name": f"demo-{role}", "role": role, "token": tok} for role, tok in tokens.items()]
+                    }
+                }
+            ),
+        )
         _write_private(workdir / "tokens.txt", "".join(f"{role} {tok}\n" for role, tok in tokens.items()))
         api_port = 8080 if _port_free(8080) else free_port()
         hook_secret = secrets.token_urlsafe(18)
-        receiver = WorkflowReceiverProcess(secret=hook_secret, scenario=workflow, api=f"http://127.0.0.1:{api_port}",
-                                           token=tokens["operator"], log=workdir / "workflow.log")
+        receiver = WorkflowReceiverProcess(
+            secret=hook_secret,
+            scenario=workflow,
+            api=f"http://127.0.0.1:{api_port}",
+            token=tokens["operator"],
+            log=workdir / "workflow.log",
+        )
         sims.append(receiver.start())
         hook = receiver.url
-        settings = load_settings(config, env={**os.environ, "FIREGW_MQTT__URL": broker.url,
-                                            "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
-                                            "FIREGW_WEBHOOK__URL": f"{hook}/events",
-                                            "FIREGW_WEBHOOK__SECRET": hook_secret,
-                                            "FIREGW_STORE__PATH": str(db), "FIREGW_INVENTORY": str(inv),
-                                            "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
-                                            "FIREGW_MQTT__CLIENT_ID": "firegw-demo"})
+        settings = load_settings(
+            config,
+            env={
+                **os.environ,
+                "FIREGW_MQTT__URL": broker.url,
+                "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
+                "FIREGW_WEBHOOK__URL": f"{hook}/events",
+                "FIREGW_WEBHOOK__SECRET": hook_secret,
+                "FIREGW_STORE__PATH": str(db),
+                "FIREGW_INVENTORY": str(inv),
+                "FIREGW_PROFILES_DIR": str(ROOT / "device_profiles"),
+                "FIREGW_MQTT__CLIENT_ID": "firegw-demo",
+            },
+        )
         gw = Gateway(settings)
         print(f"firegw demo: broker {broker.url}, store {db}")
-        print(f"  {len(gw.catalog.sites)} sites, {len(gw.catalog.devices)} devices; "
-              f"logs in {workdir}/ (gateway.log, fleet.log, pumproom.log, workflow.log)")
+        print(
+            f"  {len(gw.catalog.sites)} sites, {len(gw.catalog.devices)} devices; "
+            f"logs in {workdir}/ (gateway.log, fleet.log, pumproom.log, workflow.log)"
+        )
         print(f"  dashboard: http://127.0.0.1:{api_port}/")
         print(f"  viewer link: http://127.0.0.1:{api_port}/#token={tokens['viewer']}")
         print(f"  viewer token:   {tokens['viewer']}")
@@ -126,10 +170,28 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
         print(f"  admin token:    {tokens['admin']}")
         print(f"  grid workflow receiver (scenario {workflow}): {hook}/received", flush=True)
         fleet_seconds = duration if duration is not None else 24 * 3600
-        procs.append(_spawn(["fleet", "--broker", broker.url, "--devices", str(devices), "--rate", str(rate),
-                             "--duration", str(fleet_seconds), "--scenario", "button-alarm",
-                             "--malformed-rate", "0.02", "--alarm-at", str(min(10.0, fleet_seconds / 2))],
-                            workdir / "fleet.log"))
+        procs.append(
+            _spawn(
+                [
+                    "fleet",
+                    "--broker",
+                    broker.url,
+                    "--devices",
+                    str(devices),
+                    "--rate",
+                    str(rate),
+                    "--duration",
+                    str(fleet_seconds),
+                    "--scenario",
+                    "button-alarm",
+                    "--malformed-rate",
+                    "0.02",
+                    "--alarm-at",
+                    str(min(10.0, fleet_seconds / 2)),
+                ],
+                workdir / "fleet.log",
+            )
+        )
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -147,17 +209,22 @@ def run_demo(*, duration: float | None, workdir: Path, devices: int = 40, rate: 
                 with Store(db, readonly=True) as s:
                     st = s.stats()
                     wf = s.workflow_stats()
-                print(f"  t={time.monotonic() - start:4.0f}s  messages in {st['messages']}  readings "
-                      f"{st['readings']}  dead letters {st['dead_letters']}  devices seen {st['devices_seen']}"
-                      f"  unreachable {st['devices_unreachable']}  fire events open {wf['events_open']}"
-                      f"  hazards open {wf['hazards_open']}", flush=True)
+                print(
+                    f"  t={time.monotonic() - start:4.0f}s  messages in {st['messages']}  readings "
+                    f"{st['readings']}  dead letters {st['dead_letters']}  devices seen {st['devices_seen']}"
+                    f"  unreachable {st['devices_unreachable']}  fire events open {wf['events_open']}"
+                    f"  hazards open {wf['hazards_open']}",
+                    flush=True,
+                )
             await task
 
         asyncio.run(main())
         with Store(db, readonly=True) as s:
             st = s.stats()
-        print(f"firegw demo: stopped cleanly. {st['messages']} messages, {st['readings']} readings, "
-              f"{st['dead_letters']} dead letters, {st['devices_seen']} devices seen. Store: {db}")
+        print(
+            f"firegw demo: stopped cleanly. {st['messages']} messages, {st['readings']} readings, "
+            f"{st['dead_letters']} dead letters, {st['devices_seen']} devices seen. Store: {db}"
+        )
         return 0
     finally:
         for p in procs:

@@ -34,12 +34,22 @@ __all__ = ["Fleet", "SimDevice", "add_arguments", "build_devices", "inventory_fo
 
 TOWNS = [("安昌街道", "AC"), ("柯桥街道", "KQ"), ("华舍街道", "HS"), ("齐贤街道", "QX"), ("钱清街道", "QQ")]
 DOMAINS = ["industrial", "village_property", "street_shop", "village_house", "rental_housing"]
-DOMAIN_NAMES = {"industrial": "工业企业", "village_property": "村级物业", "street_shop": "沿街店铺",
-                "village_house": "村居民房", "rental_housing": "居住出租房"}
+DOMAIN_NAMES = {
+    "industrial": "工业企业",
+    "village_property": "村级物业",
+    "street_shop": "沿街店铺",
+    "village_house": "村居民房",
+    "rental_housing": "居住出租房",
+}
 # profile, topic kind, share of the fleet
-MIX = [("onekey-alarm-button", "button", 0.3), ("nbiot-smoke-detector", "smoke", 0.3),
-       ("pipe-pressure-sensor", "pressure", 0.15), ("pipe-pressure-sensor-unit", "pressure-u", 0.05),
-       ("water-level-sensor", "level", 0.1), ("micro-station-terminal", "duty", 0.1)]
+MIX = [
+    ("onekey-alarm-button", "button", 0.3),
+    ("nbiot-smoke-detector", "smoke", 0.3),
+    ("pipe-pressure-sensor", "pressure", 0.15),
+    ("pipe-pressure-sensor-unit", "pressure-u", 0.05),
+    ("water-level-sensor", "level", 0.1),
+    ("micro-station-terminal", "duty", 0.1),
+]
 MAX_OUTSTANDING = 20_000
 MALFORMED_KINDS = ["bad_json", "wrong_type", "missing_field", "out_of_range", "unknown_device", "oversized"]
 
@@ -80,10 +90,17 @@ def build_devices(n: int, seed: int = 1, per_site: int = 8) -> list[SimDevice]:
     rnd.shuffle(kinds)
     for i, (prof, kind) in enumerate(kinds):
         site = f"site-{i // per_site + 1:03d}"
-        dev = SimDevice(device_id=f"{kind.replace('-', '')}-{i + 1:05d}", site_id=site, profile=prof, kind=kind,
-                        building=f"{rnd.randint(1, 6)}号楼", floor=str(rnd.randint(1, 5)),
-                        pressure=round(rnd.uniform(0.35, 0.6), 3), level=round(rnd.uniform(2.5, 4.0), 2),
-                        battery=float(rnd.randint(60, 100)))
+        dev = SimDevice(
+            device_id=f"{kind.replace('-', '')}-{i + 1:05d}",
+            site_id=site,
+            profile=prof,
+            kind=kind,
+            building=f"{rnd.randint(1, 6)}号楼",
+            floor=str(rnd.randint(1, 5)),
+            pressure=round(rnd.uniform(0.35, 0.6), 3),
+            level=round(rnd.uniform(2.5, 4.0), 2),
+            battery=float(rnd.randint(60, 100)),
+        )
         devices.append(dev)
     return devices
 
@@ -97,18 +114,36 @@ def inventory_for(devices: list[SimDevice]) -> dict[str, Any]:
         town, code = TOWNS[idx % len(TOWNS)]
         domain = DOMAINS[idx % len(DOMAINS)]
         sites[d.site_id] = {
-            "site_id": d.site_id, "name": f"{town}{DOMAIN_NAMES[domain]}示范点{idx + 1}",
-            "enterprise": f"绍兴柯桥示范单位{idx + 1}", "town": town, "grid_cell": f"{code}-{idx % 7 + 1:02d}",
-            "domain": domain, "address": f"绍兴市柯桥区{town}{idx + 1}号",
-            "station": {"station_id": f"mfs-{code.lower()}", "name": f"{town}微型消防站",
-                        "phone": "0575-8000119", "response_time_s": 180},
-            "contacts": {"grid_member": f"网格员{idx + 1}", "supervisor": f"{town}督查员",
-                         "enforcement": "柯桥区消防救援大队"},
+            "site_id": d.site_id,
+            "name": f"{town}{DOMAIN_NAMES[domain]}示范点{idx + 1}",
+            "enterprise": f"绍兴柯桥示范单位{idx + 1}",
+            "town": town,
+            "grid_cell": f"{code}-{idx % 7 + 1:02d}",
+            "domain": domain,
+            "address": f"绍兴市柯桥区{town}{idx + 1}号",
+            "station": {
+                "station_id": f"mfs-{code.lower()}",
+                "name": f"{town}微型消防站",
+                "phone": "0575-8000119",
+                "response_time_s": 180,
+            },
+            "contacts": {
+                "grid_member": f"网格员{idx + 1}",
+                "supervisor": f"{town}督查员",
+                "enforcement": "柯桥区消防救援大队",
+            },
         }
     return {
         "sites": list(sites.values()),
-        "devices": [{"device_id": d.device_id, "site_id": d.site_id, "profile": d.profile,
-                     "location": {"building": d.building, "floor": d.floor}} for d in devices],
+        "devices": [
+            {
+                "device_id": d.device_id,
+                "site_id": d.site_id,
+                "profile": d.profile,
+                "location": {"building": d.building, "floor": d.floor},
+            }
+            for d in devices
+        ],
     }
 
 
@@ -120,12 +155,17 @@ def _payload(d: SimDevice, rnd: random.Random, event: str | None = None) -> tupl
         return {"ts": ts, "event": ev, "battery": d.battery, "rssi": rnd.randint(-105, -60)}, 3
     if d.kind == "smoke":
         ev = event or "heartbeat"
-        return {"ts": ts, "event": ev, "battery": d.battery, "smoke": round(rnd.uniform(0, 2), 2),
-                "temp": round(rnd.uniform(15, 30), 1), "rsrp": rnd.randint(-110, -70)}, 5
+        return {
+            "ts": ts,
+            "event": ev,
+            "battery": d.battery,
+            "smoke": round(rnd.uniform(0, 2), 2),
+            "temp": round(rnd.uniform(15, 30), 1),
+            "rsrp": rnd.randint(-110, -70),
+        }, 5
     if d.kind == "pressure":
         d.pressure = max(0.0, d.pressure + rnd.uniform(-0.002, 0.002))
-        return {"ts": ts, "pressure": round(d.pressure, 4), "battery": d.battery,
-                "rssi": rnd.randint(-105, -60)}, 3
+        return {"ts": ts, "pressure": round(d.pressure, 4), "battery": d.battery, "rssi": rnd.randint(-105, -60)}, 3
     if d.kind == "pressure-u":
         unit = rnd.choice(["kPa", "bar", "MPa"])
         val = {"kPa": d.pressure * 1000, "bar": d.pressure * 10, "MPa": d.pressure}[unit]
@@ -135,8 +175,7 @@ def _payload(d: SimDevice, rnd: random.Random, event: str | None = None) -> tupl
         return {"ts": ts, "level": round(d.level, 3), "battery": d.battery, "rssi": rnd.randint(-100, -60)}, 3
     ev = event or rnd.choice(["check_in", "equipment_check"])
     if ev == "equipment_check":
-        return {"ts": ts, "event": ev, "staff_on_duty": rnd.randint(3, 6),
-                "equipment": {"ok": True, "missing": 0}}, 3
+        return {"ts": ts, "event": ev, "staff_on_duty": rnd.randint(3, 6), "equipment": {"ok": True, "missing": 0}}, 3
     return {"ts": ts, "event": ev, "staff_on_duty": rnd.randint(3, 6)}, 2
 
 
@@ -156,9 +195,17 @@ def _malformed(d: SimDevice, rnd: random.Random, kind: str) -> tuple[str, bytes]
             return d.topic, json.dumps({"ts": seq / 1000, "battery": 50}).encode()
         return d.topic, json.dumps({"ts": "yesterday", "seq": seq, "event": "heartbeat"}).encode()
     if kind == "out_of_range":
-        return d.topic, json.dumps({"ts": seq / 1000, "battery": 250, "event": "heartbeat",
-                                    "staff_on_duty": 500, "pressure": 0.5, "level": 1.0,
-                                    "data": {"value": 1, "unit": "MPa"}}).encode()
+        return d.topic, json.dumps(
+            {
+                "ts": seq / 1000,
+                "battery": 250,
+                "event": "heartbeat",
+                "staff_on_duty": 500,
+                "pressure": 0.5,
+                "level": 1.0,
+                "data": {"value": 1, "unit": "MPa"},
+            }
+        ).encode()
     if kind == "unknown_device":
         return f"fire/{d.site_id}/{d.kind}/ghost-{rnd.randint(1, 10**9)}/up", b'{"seq": %d}' % seq
     return d.topic, b'{"seq": %d, "pad": "' % seq + b"x" * 20_000 + b'"}'
@@ -187,8 +234,12 @@ class Fleet:
         parts = urlsplit(self.url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 1883
-        c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
+        c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            clean_session=False,
+        )
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 2)
@@ -236,8 +287,9 @@ class Fleet:
 
     def publish_event(self, d: SimDevice, event: str | None = None) -> None:
         body, n = _payload(d, self._rnd, event)
-        self.publish(d.topic, json.dumps(body, ensure_ascii=False).encode(), bad=False, readings=n,
-                     kind=event or d.kind)
+        self.publish(
+            d.topic, json.dumps(body, ensure_ascii=False).encode(), bad=False, readings=n, kind=event or d.kind
+        )
 
     def publish_malformed(self, d: SimDevice) -> None:
         kind = self._rnd.choice(MALFORMED_KINDS)
@@ -259,9 +311,15 @@ class Fleet:
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            return {"sent": self.sent, "malformed": self.malformed_acked, "published": self.published,
-                    "unacknowledged": len(self._pending), "expected_readings": self.expected_readings,
-                    "devices": len(self.devices), "by_kind": dict(sorted(self.by_kind.items()))}
+            return {
+                "sent": self.sent,
+                "malformed": self.malformed_acked,
+                "published": self.published,
+                "unacknowledged": len(self._pending),
+                "expected_readings": self.expected_readings,
+                "devices": len(self.devices),
+                "by_kind": dict(sorted(self.by_kind.items())),
+            }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -269,11 +327,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to publish")
-    p.add_argument("--scenario", default="normal",
-                   choices=["normal", "button-alarm", "device-silent", "pressure-drift", "malformed"])
+    p.add_argument(
+        "--scenario",
+        default="normal",
+        choices=["normal", "button-alarm", "device-silent", "pressure-drift", "malformed"],
+    )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--malformed-rate", type=float, default=None,
-                   help="fraction of messages malformed on purpose (default 0, or 0.1 for scenario malformed)")
+    p.add_argument(
+        "--malformed-rate",
+        type=float,
+        default=None,
+        help="fraction of messages malformed on purpose (default 0, or 0.1 for scenario malformed)",
+    )
     p.add_argument("--alarm-at", type=float, default=None, help="button-alarm: seconds after start")
     p.add_argument("--alarm-device", default=None, help="button-alarm: which button (default: the first)")
     p.add_argument("--silent", type=int, default=1, help="device-silent: how many devices go silent")
@@ -288,13 +353,15 @@ def run(args: argparse.Namespace) -> int:
     devices = build_devices(args.devices, args.seed, args.per_site)
     if args.write_inventory is not None:
         args.write_inventory.parent.mkdir(parents=True, exist_ok=True)
-        args.write_inventory.write_text(yaml.safe_dump(inventory_for(devices), allow_unicode=True, sort_keys=False),
-                                        encoding="utf-8")
+        args.write_inventory.write_text(
+            yaml.safe_dump(inventory_for(devices), allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
         if args.duration <= 0:
             print(json.dumps({"sent": 0, "malformed": 0, "inventory": str(args.write_inventory)}))
             return 0
-    malformed_rate = args.malformed_rate if args.malformed_rate is not None else (
-        0.1 if args.scenario == "malformed" else 0.0)
+    malformed_rate = (
+        args.malformed_rate if args.malformed_rate is not None else (0.1 if args.scenario == "malformed" else 0.0)
+    )
     rnd = random.Random(args.seed + 1)
     fleet = Fleet(args.broker, devices, seed=args.seed)
     fleet.connect()
@@ -318,8 +385,12 @@ def run(args: argparse.Namespace) -> int:
             if not alarm_done and elapsed >= alarm_at and alarm_dev is not None:
                 fleet.publish_event(alarm_dev, "alarm")
                 alarm_done = True
-                print(json.dumps({"event": "alarm", "device": alarm_dev.device_id, "site": alarm_dev.site_id,
-                                  "at": time.time()}), flush=True)
+                print(
+                    json.dumps(
+                        {"event": "alarm", "device": alarm_dev.device_id, "site": alarm_dev.site_id, "at": time.time()}
+                    ),
+                    flush=True,
+                )
             if args.scenario == "device-silent" and elapsed >= silent_at:
                 for d in devices[: args.silent]:
                     if not d.silent:
@@ -341,8 +412,11 @@ def run(args: argparse.Namespace) -> int:
                     fleet.publish_event(d)
             if not args.quiet and now - last_report > 5:
                 last_report = now
-                print(json.dumps({"progress": fleet.summary()["sent"], "elapsed": round(elapsed, 1)}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({"progress": fleet.summary()["sent"], "elapsed": round(elapsed, 1)}),
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(0.005)
         fleet.drain(timeout=max(30.0, args.duration))
     finally:

@@ -68,9 +68,15 @@ class SimulatorProcess:
         self._drain: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> Self:
-        self.proc = subprocess.Popen([sys.executable, "-m", "simulators", self.name, *self.args], cwd=ROOT,
-                                     env={**os.environ, **self.env}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simulators", self.name, *self.args],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         seen: list[str] = []
@@ -132,13 +138,34 @@ class PumpRoomProcess(SimulatorProcess):
 
     name = "pumproom"
 
-    def __init__(self, workdir: Path, *, devices: int = 2, port: int = 0, scenario: str | None = None,
-                 args: Sequence[str] = (), log: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        devices: int = 2,
+        port: int = 0,
+        scenario: str | None = None,
+        args: Sequence[str] = (),
+        log: Path | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.inventory = workdir / "pumproom-inventory.yaml"
         extra = ["--scenario", scenario] if scenario else []
-        super().__init__(["--port", str(port), "--devices", str(devices), "--control", "0", "--write-inventory",
-                          str(self.inventory), *extra, *args], log=log or workdir / "pumproom.log")
+        super().__init__(
+            [
+                "--port",
+                str(port),
+                "--devices",
+                str(devices),
+                "--control",
+                "0",
+                "--write-inventory",
+                str(self.inventory),
+                *extra,
+                *args,
+            ],
+            log=log or workdir / "pumproom.log",
+        )
         self.port = port
         self.control_port = 0
 
@@ -174,8 +201,17 @@ class WorkflowReceiverProcess(SimulatorProcess):
 
     name = "workflow"
 
-    def __init__(self, *, secret: str, scenario: str = "record", api: str | None = None, token: str | None = None,
-                 listen: str = "127.0.0.1:0", args: Sequence[str] = (), log: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        scenario: str = "record",
+        api: str | None = None,
+        token: str | None = None,
+        listen: str = "127.0.0.1:0",
+        args: Sequence[str] = (),
+        log: Path | None = None,
+    ) -> None:
         env = {"FIREGW_WEBHOOK__SECRET": secret}
         if token is not None:
             env["FIREGW_WORKFLOW_TOKEN"] = token

@@ -133,12 +133,8 @@ SCENARIOS: dict[str, list[tuple[float, str]]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--port", type=int, default=5020, help="Modbus TCP port on 127.0.0.1 (0: any free port)"
-    )
-    parser.add_argument(
-        "--devices", type=int, default=1, help=f"number of cabinets, units 1..N (max {MAX_CABINETS})"
-    )
+    parser.add_argument("--port", type=int, default=5020, help="Modbus TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--devices", type=int, default=1, help=f"number of cabinets, units 1..N (max {MAX_CABINETS})")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="normal")
     parser.add_argument("--scenario-file", type=Path, help="YAML file: steps: [{at: SECONDS, do: COMMAND}]")
     parser.add_argument("--control", type=int, help="line-based control socket port on 127.0.0.1 (0: any)")
@@ -300,9 +296,7 @@ class PumpRoom:
         self._rng = random.Random(seed)
         self.units: dict[int, _Unit] = {}
         cab = compile_points(load_profile(profiles_dir / f"{CABINET_PROFILE}.yaml"))
-        tank = compile_points(
-            load_profile(profiles_dir / f"{TANK_PROFILE}.yaml"), address_base=TANK_ADDRESS_BASE
-        )
+        tank = compile_points(load_profile(profiles_dir / f"{TANK_PROFILE}.yaml"), address_base=TANK_ADDRESS_BASE)
         panel = compile_points(load_profile(profiles_dir / f"{PANEL_PROFILE}.yaml"))
         self.cabinets: list[_Cabinet] = []
         for i in range(1, cabinets + 1):
@@ -398,9 +392,7 @@ class PumpRoom:
             for p in (0, 1):
                 base = 62.0 if c.run[p] else (18.0 if inspecting and p == 0 else 0.0)
                 for k in range(3):
-                    c.currents[p * 3 + k] = (
-                        0.0 if base == 0 or (phase_loss and k == 2) else base + r.uniform(-1, 1)
-                    )
+                    c.currents[p * 3 + k] = 0.0 if base == 0 or (phase_loss and k == 2) else base + r.uniform(-1, 1)
             c.currents[6] = 7.5 + r.uniform(-0.3, 0.3) if c.run[2] else 0.0
             volts = 0.0 if not (main_power or backup_power) else 380.0
             c.voltages = [volts + r.uniform(-2, 2) if volts else 0.0 for _ in range(3)]
@@ -470,9 +462,7 @@ class PumpRoom:
             self.refilling = True
         if self.level >= 4.0 or draining:
             self.refilling = False
-        flow = (
-            -demand_lps - (TANK_DRAIN_LPS if draining else 0.0) + (TANK_REFILL_LPS if self.refilling else 0.0)
-        )
+        flow = -demand_lps - (TANK_DRAIN_LPS if draining else 0.0) + (TANK_REFILL_LPS if self.refilling else 0.0)
         self.level = min(5.0, max(0.0, self.level + flow / 1000.0 * dt / TANK_AREA_M2))
         put = self.tank.put
         if "sensor-stuck" not in f:
@@ -488,9 +478,7 @@ class PumpRoom:
     def _step_panel(self) -> None:
         cabs = self.cabinets
         fire = sum(1 for c in cabs if c.demand > 0)
-        faults = sum(
-            1 for c in cabs if c.unit.faults & (_CABINET_FAULTS - {"manual", "stop"}) or any(c.start_failure)
-        )
+        faults = sum(1 for c in cabs if c.unit.faults & (_CABINET_FAULTS - {"manual", "stop"}) or any(c.start_failure))
         superv = sum(1 for c in cabs if any(m != AUTO for m in c.modes)) + (1 if self.level < 2.0 else 0)
         feedback = sum(1 for c in cabs if c.run[0] or c.run[1])
         counts = (fire, faults, superv, feedback)
@@ -526,9 +514,7 @@ class PumpRoom:
     def _unit(self, word: str) -> _Unit:
         unit = self.units.get(int(word))
         if unit is None:
-            raise ValueError(
-                f"no unit {word} (cabinets 1..{len(self.cabinets)}, tank {TANK_UNIT}, panel {PANEL_UNIT})"
-            )
+            raise ValueError(f"no unit {word} (cabinets 1..{len(self.cabinets)}, tank {TANK_UNIT}, panel {PANEL_UNIT})")
         return unit
 
     def _cabinet(self, word: str) -> _Cabinet:
@@ -619,14 +605,9 @@ class PumpRoom:
         return ["ok"]
 
     def _fault(self, unit: _Unit, name: str) -> None:
-        allowed = (
-            _COMM_FAULTS
-            | {"cabinet": _CABINET_FAULTS, "tank": _TANK_FAULTS, "panel": _PANEL_FAULTS}[unit.kind]
-        )
+        allowed = _COMM_FAULTS | {"cabinet": _CABINET_FAULTS, "tank": _TANK_FAULTS, "panel": _PANEL_FAULTS}[unit.kind]
         if name not in allowed:
-            raise ValueError(
-                f"unknown fault {name!r} for the {unit.kind}; one of {', '.join(sorted(allowed))}"
-            )
+            raise ValueError(f"unknown fault {name!r} for the {unit.kind}; one of {', '.join(sorted(allowed))}")
         unit.faults.add(name)
         if unit.kind == "cabinet":
             c = self.cabinets[unit.unit - 1]
@@ -666,17 +647,13 @@ class PumpRoom:
         if u.kind == "cabinet":
             c = self.cabinets[u.unit - 1]
             modes = ",".join(("manual", "auto", "stop")[m] for m in c.modes)
-            pumps = ",".join(
-                f"{n}:{'on' if r else 'off'}" for n, r in zip(("1", "2", "j"), c.run, strict=True)
-            )
+            pumps = ",".join(f"{n}:{'on' if r else 'off'}" for n, r in zip(("1", "2", "j"), c.run, strict=True))
             return (
                 f"unit {u.unit} cabinet pressure={c.pressure:.3f}MPa demand={c.demand:g}L/s pumps={pumps} "
                 f"modes={modes} faults={faults}{comm}"
             )
         if u.kind == "tank":
-            return (
-                f"unit {u.unit} tank level={self.level:.3f}m refilling={self.refilling} faults={faults}{comm}"
-            )
+            return f"unit {u.unit} tank level={self.level:.3f}m refilling={self.refilling} faults={faults}{comm}"
         return f"unit {u.unit} panel fire={self._panel_counts[0]} faults={faults}{comm}"
 
     # ------------------------------------------------------------------ requests
@@ -1004,9 +981,7 @@ async def _serve(sim: PumpRoom, args: argparse.Namespace, steps: list[tuple[floa
         f"{', sequential' if sim.sequential else ''})"
     )
     if args.control is not None:
-        control = await asyncio.start_server(
-            lambda r, w: _control_client(sim, r, w), "127.0.0.1", args.control
-        )
+        control = await asyncio.start_server(lambda r, w: _control_client(sim, r, w), "127.0.0.1", args.control)
         ready += f"; control on 127.0.0.1:{control.sockets[0].getsockname()[1]}"
     if args.write_inventory is not None:
         text = yaml.safe_dump(_inventory(sim, port, args.framer), allow_unicode=True, sort_keys=False)

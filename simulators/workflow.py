@@ -167,8 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _failed(self, exc: Exception) -> None:
         """A fault of the receiver's own: answer it (never drop the connection), say so, go on serving."""
         self.server.receiver.count("errors")
-        print(f"workflow: error handling {self.command} {_shown(self.path)}:\n{traceback.format_exc()}",
-              file=sys.stderr, flush=True)
+        print(
+            f"workflow: error handling {self.command} {_shown(self.path)}:\n{traceback.format_exc()}",
+            file=sys.stderr,
+            flush=True,
+        )
         self.close_connection = True
         self._send(500, {"detail": f"receiver error: {type(exc).__name__}"})
 
@@ -262,17 +265,27 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 200:
             r.accept(event)
         r.logged(event_id, status, keys_ok)
-        self._send(status, {"ok": status == 200} if status == 200 else {"detail": f"scenario {r.scenario}"},
-                   headers)
+        self._send(status, {"ok": status == 200} if status == 200 else {"detail": f"scenario {r.scenario}"}, headers)
 
 
 class Receiver:
     """The receiver, usable in-process (tests, benchmarks) or from the command line (:func:`run`)."""
 
-    def __init__(self, *, secret: str, host: str = "127.0.0.1", port: int = 0, scenario: str = "record",
-                 api: str = "http://127.0.0.1:8080", token: str | None = None, down_after: int | None = None,
-                 down_for: float = 5.0, sleep_s: float = 30.0, quiet: bool = True,
-                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        scenario: str = "record",
+        api: str = "http://127.0.0.1:8080",
+        token: str | None = None,
+        down_after: int | None = None,
+        down_for: float = 5.0,
+        sleep_s: float = 30.0,
+        quiet: bool = True,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} ({', '.join(SCENARIOS)})")
         if host not in LOOPBACK:
@@ -296,8 +309,16 @@ class Receiver:
         self._first_try: set[str] = set()
         self._log: list[dict[str, Any]] = []
         self._actions: list[dict[str, Any]] = []
-        self._counters: dict[str, int] = {"requests": 0, "duplicates": 0, "unauthorized": 0, "bad_request": 0,
-                                          "errors": 0, "api_calls": 0, "api_errors": 0, "actions_dropped": 0}
+        self._counters: dict[str, int] = {
+            "requests": 0,
+            "duplicates": 0,
+            "unauthorized": 0,
+            "bad_request": 0,
+            "errors": 0,
+            "api_calls": 0,
+            "api_errors": 0,
+            "actions_dropped": 0,
+        }
         self._by_status: dict[str, int] = {}
         self._down_until = 0.0
         self._went_down = False
@@ -324,8 +345,9 @@ class Receiver:
         server.receiver = self
         self.port = server.server_address[1]
         self._server = server
-        self._serve_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                              name="workflow-http", daemon=True)
+        self._serve_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="workflow-http", daemon=True
+        )
         self._serve_thread.start()
 
     def _close_listener(self) -> None:
@@ -425,8 +447,14 @@ class Receiver:
     def logged(self, event_id: str, status: int, keys_ok: bool = True) -> None:
         with self._lock:
             self._by_status[str(status)] = self._by_status.get(str(status), 0) + 1
-            self._log.append({"event_id": event_id, "status": status, "at_ms": round(time.time() * 1000, 3),
-                              "idempotency_key_ok": keys_ok})
+            self._log.append(
+                {
+                    "event_id": event_id,
+                    "status": status,
+                    "at_ms": round(time.time() * 1000, 3),
+                    "idempotency_key_ok": keys_ok,
+                }
+            )
 
     def _outage(self) -> None:
         if not self.quiet:
@@ -454,8 +482,13 @@ class Receiver:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {**self._counters, "accepted": len(self._received), "by_status": dict(self._by_status),
-                    "scenario": self.scenario, "down": self.is_down()}
+            return {
+                **self._counters,
+                "accepted": len(self._received),
+                "by_status": dict(self._by_status),
+                "scenario": self.scenario,
+                "down": self.is_down(),
+            }
 
     # ------------------------------------------------------------------ the way back (API calls)
 
@@ -467,17 +500,25 @@ class Receiver:
             kind, subject_id, state = item
             steps: list[tuple[str, dict[str, Any]]]
             if kind == "fire_event":
-                steps = [(f"/api/v1/events/{subject_id}/acknowledge", {"note": "micro station on its way"}),
-                         (f"/api/v1/events/{subject_id}/resolve",
-                          {"resolution": "false_alarm", "note": "checked on site: no fire"})]
+                steps = [
+                    (f"/api/v1/events/{subject_id}/acknowledge", {"note": "micro station on its way"}),
+                    (
+                        f"/api/v1/events/{subject_id}/resolve",
+                        {"resolution": "false_alarm", "note": "checked on site: no fire"},
+                    ),
+                ]
             elif kind == "hazard":
-                steps = [(f"/api/v1/hazards/{subject_id}/confirm", {"note": "confirmed by the grid"})] \
-                    if state == "proposed" else []
-                steps += [(f"/api/v1/hazards/{subject_id}/dispatch", {"assignee": "grid-member-1",
-                                                                      "note": "dispatched"}),
-                          (f"/api/v1/hazards/{subject_id}/start", {"note": "rectification started"}),
-                          (f"/api/v1/hazards/{subject_id}/rectified", {"note": "rectified"}),
-                          (f"/api/v1/hazards/{subject_id}/close", {"note": "re-checked on site: rectified"})]
+                steps = (
+                    [(f"/api/v1/hazards/{subject_id}/confirm", {"note": "confirmed by the grid"})]
+                    if state == "proposed"
+                    else []
+                )
+                steps += [
+                    (f"/api/v1/hazards/{subject_id}/dispatch", {"assignee": "grid-member-1", "note": "dispatched"}),
+                    (f"/api/v1/hazards/{subject_id}/start", {"note": "rectification started"}),
+                    (f"/api/v1/hazards/{subject_id}/rectified", {"note": "rectified"}),
+                    (f"/api/v1/hazards/{subject_id}/close", {"note": "re-checked on site: rectified"}),
+                ]
             else:
                 continue
             for path, payload in steps:
@@ -519,13 +560,17 @@ class Receiver:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8090", help="host:port on loopback (port 0: any free port)")
-    parser.add_argument("--secret", default=None,
-                        help="the webhook secret; prefer the environment (FIREGW_WEBHOOK__SECRET): a process's "
-                             "arguments are visible to every user of the machine")
+    parser.add_argument(
+        "--secret",
+        default=None,
+        help="the webhook secret; prefer the environment (FIREGW_WEBHOOK__SECRET): a process's "
+        "arguments are visible to every user of the machine",
+    )
     parser.add_argument("--scenario", choices=SCENARIOS, default="record")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="the gateway API, for ack-resolve")
-    parser.add_argument("--token", default=None,
-                        help="operator bearer token for the gateway API; prefer FIREGW_WORKFLOW_TOKEN")
+    parser.add_argument(
+        "--token", default=None, help="operator bearer token for the gateway API; prefer FIREGW_WORKFLOW_TOKEN"
+    )
     parser.add_argument("--down-after", type=int, help="go away after this many accepted events")
     parser.add_argument("--down-for", type=float, default=5.0, help="seconds to stay away")
     parser.add_argument("--sleep", type=float, default=30.0, help="timeout scenario: seconds before answering")
@@ -543,9 +588,18 @@ def run(args: argparse.Namespace) -> int:
             print("workflow: the webhook secret is required: FIREGW_WEBHOOK__SECRET or --secret", file=sys.stderr)
             return 2
         token = args.token or os.environ.get("FIREGW_WORKFLOW_TOKEN")
-        receiver = Receiver(secret=secret, host=host.strip("[]"), port=int(port), scenario=args.scenario,
-                            api=args.api, token=token, down_after=args.down_after, down_for=args.down_for,
-                            sleep_s=args.sleep, quiet=not args.verbose)
+        receiver = Receiver(
+            secret=secret,
+            host=host.strip("[]"),
+            port=int(port),
+            scenario=args.scenario,
+            api=args.api,
+            token=token,
+            down_after=args.down_after,
+            down_for=args.down_for,
+            sleep_s=args.sleep,
+            quiet=not args.verbose,
+        )
         receiver.start()
     except (ValueError, OSError) as exc:
         print(f"workflow: {exc}", file=sys.stderr)

@@ -51,16 +51,38 @@ def store_stats(db: Path) -> dict[str, Any]:
 
 
 def run_fleet(broker_url: str, *args: str, timeout: float = 300) -> dict[str, Any]:
-    out = subprocess.run([PYTHON, "-m", "simulators", "fleet", "--broker", broker_url, "--quiet", *args],
-                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [PYTHON, "-m", "simulators", "fleet", "--broker", broker_url, "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=True,
+    )
     summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return summary
 
 
 def write_inventory(path: Path, devices: int, seed: int = 1) -> None:
-    subprocess.run([PYTHON, "-m", "simulators", "fleet", "--devices", str(devices), "--seed", str(seed),
-                    "--write-inventory", str(path), "--duration", "0"], check=True, cwd=ROOT,
-                   capture_output=True)
+    subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "simulators",
+            "fleet",
+            "--devices",
+            str(devices),
+            "--seed",
+            str(seed),
+            "--write-inventory",
+            str(path),
+            "--duration",
+            "0",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
 
 
 @dataclass
@@ -86,14 +108,20 @@ class GatewayProc:
             from simulators.broker import free_port
 
             self.env["FIREGW_API__LISTEN"] = f"127.0.0.1:{free_port()}"
-        env = {**os.environ, "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
-               "FIREGW_PROFILES_DIR": str(PROFILES), "FIREGW_PIPELINE__TICK_S": "0.2", **self.env}
+        env = {
+            **os.environ,
+            "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
+            "FIREGW_PROFILES_DIR": str(PROFILES),
+            "FIREGW_PIPELINE__TICK_S": "0.2",
+            **self.env,
+        }
         self.runs += 1
         log = self.log_path.open("ab")
         log.write(f"---- run {self.runs}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen([PYTHON, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         if wait_ready:
             marker = f"---- run {self.runs}"
@@ -104,7 +132,7 @@ class GatewayProc:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
         text = self.log()
-        return "firegw: ready" in text[text.rfind(marker):]
+        return "firegw: ready" in text[text.rfind(marker) :]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -129,13 +157,24 @@ class GatewayProc:
         return self.proc.wait(timeout)
 
     def environ(self) -> dict[str, str]:
-        return {**os.environ, "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
-                "FIREGW_PROFILES_DIR": str(PROFILES), **self.env}
+        return {
+            **os.environ,
+            "FIREGW_STORE__PATH": str(self.workdir / "firegw.db"),
+            "FIREGW_PROFILES_DIR": str(PROFILES),
+            **self.env,
+        }
 
     def cli(self, *args: str) -> Any:
         """``firegw ARGS --json`` against this gateway's store and settings, as an operator runs it."""
-        out = subprocess.run([PYTHON, "-m", "gateway.cli", *args, "--json"], env=self.environ(), cwd=ROOT,
-                             capture_output=True, text=True, timeout=60, check=True)
+        out = subprocess.run(
+            [PYTHON, "-m", "gateway.cli", *args, "--json"],
+            env=self.environ(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return json.loads(out.stdout)
 
     @property

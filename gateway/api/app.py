@@ -41,14 +41,23 @@ _SANDBOXED = ("/api/v1/profiles/validate", "/api/v1/profiles/activate")
 
 def create_app(ctx: ApiContext) -> FastAPI:
     s = ctx.settings
-    app = FastAPI(title="firegw ops API", version="1", description=DESCRIPTION,
-                  docs_url="/docs" if s.api.docs else None, redoc_url=None,
-                  swagger_ui_parameters={"syntaxHighlight": False},
-                  openapi_tags=[{"name": "workflow", "description": "fire events (警情) and hazards (隐患)"}])
+    app = FastAPI(
+        title="firegw ops API",
+        version="1",
+        description=DESCRIPTION,
+        docs_url="/docs" if s.api.docs else None,
+        redoc_url=None,
+        swagger_ui_parameters={"syntaxHighlight": False},
+        openapi_tags=[{"name": "workflow", "description": "fire events (警情) and hazards (隐患)"}],
+    )
     api = app.state.api = ApiState(ctx)
     if s.api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=s.api.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.api.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     def admit(path: str, auth: str | None) -> str | None:
         if path in _SANDBOXED:
@@ -56,8 +65,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return api.sandbox.refusal(who.name if who is not None else "")
         return None
 
-    app.add_middleware(Guard, authenticated=lambda auth: api.tokens.lookup(auth) is not None,
-                       max_body=s.api.max_body_bytes, failures=api.failures, admit=admit)
+    app.add_middleware(
+        Guard,
+        authenticated=lambda auth: api.tokens.lookup(auth) is not None,
+        max_body=s.api.max_body_bytes,
+        failures=api.failures,
+        admit=admit,
+    )
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unhandled)
     for router in ROUTERS:
@@ -72,8 +86,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     # the offending input is not echoed: it may be huge, or not even encodable (a lone surrogate)
     assert isinstance(exc, RequestValidationError)
-    detail = [{"loc": [str(p)[:100] for p in err.get("loc", ())], "msg": str(err.get("msg", ""))[:300],
-               "type": str(err.get("type", ""))} for err in exc.errors()[:20]]
+    detail = [
+        {
+            "loc": [str(p)[:100] for p in err.get("loc", ())],
+            "msg": str(err.get("msg", ""))[:300],
+            "type": str(err.get("type", "")),
+        }
+        for err in exc.errors()[:20]
+    ]
     return JSONResponse({"detail": detail}, status_code=422)
 
 

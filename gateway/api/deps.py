@@ -37,6 +37,7 @@ ActFn = Callable[[str, str, str, str, str, dict[str, Any]], Awaitable[list[dict[
 #: ``(op, args)``: ``override``, ``inspection``, ``activate_profile``.
 AdminFn = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
+
 @dataclass
 class ApiContext:
     """What the API needs from the running gateway (set by the pipeline)."""
@@ -100,10 +101,14 @@ def _need(role: Role) -> Callable[[Caller], Caller]:
     def check(c: Annotated[Caller, Depends(_caller)]) -> Caller:
         if not c.may(role):
             if c.anonymous:
-                raise HTTPException(401, "no API tokens are configured, so the API is read-only: configure "
-                                         "api.tokens to act", headers={"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    401,
+                    "no API tokens are configured, so the API is read-only: configure api.tokens to act",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             raise HTTPException(403, f"role {c.role} may not do this; it needs {role}")
         return c
+
     return check
 
 

@@ -29,8 +29,14 @@ def dry_run(profile_yaml: str, sample: str | None) -> dict[str, Any]:
     from gateway.profiles.models import Profile
     from gateway.rules.spec import validate_rules
 
-    out: dict[str, Any] = {"valid": False, "profile": None, "version": None, "problems": [], "readings": [],
-                           "limit": False}
+    out: dict[str, Any] = {
+        "valid": False,
+        "profile": None,
+        "version": None,
+        "problems": [],
+        "readings": [],
+        "limit": False,
+    }
     try:
         data = parse_yaml(profile_yaml, "profile", max_depth=MAX_DEPTH, max_nodes=MAX_NODES)
     except ConfigError as exc:
@@ -58,8 +64,16 @@ def dry_run(profile_yaml: str, sample: str | None) -> dict[str, Any]:
         except Exception as exc:  # the decoders contain their failures; this is the last guard
             problems.append(f"sample: could not be decoded: {type(exc).__name__}: {exc}"[:300])
         else:
-            out["readings"] = [{"metric": r.metric, "value": r.value, "unit": r.unit, "quality": r.quality.value,
-                                "class": r.point_class.value} for r in rs]
+            out["readings"] = [
+                {
+                    "metric": r.metric,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "quality": r.quality.value,
+                    "class": r.point_class.value,
+                }
+                for r in rs
+            ]
     out["problems"] = problems
     out["valid"] = not problems
     return out

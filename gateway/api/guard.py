@@ -29,9 +29,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Sent with every response. The dashboard loads everything from the gateway (no CDN, no inline code).
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                                 b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-                                 b"form-action 'self'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        b"form-action 'self'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -53,8 +56,13 @@ class AuthFailures:
         self._pending += 1
         now = time.monotonic()
         if now - self._last_log >= self.every_s:
-            logger.warning("api: %d failed authentication(s) in the last %.0f s (latest from %s on %s)",
-                           self._pending, min(self.every_s, now - self._last_log), client, path[:200])
+            logger.warning(
+                "api: %d failed authentication(s) in the last %.0f s (latest from %s on %s)",
+                self._pending,
+                min(self.every_s, now - self._last_log),
+                client,
+                path[:200],
+            )
             self._last_log = now
             self._pending = 0
 
@@ -63,9 +71,19 @@ async def _respond(send: Send, status: int, detail: str, extra: Sequence[tuple[b
     import json
 
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *extra, *SECURITY_HEADERS]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *extra,
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -76,8 +94,15 @@ class Guard:
     the API is open, with no tokens configured); ``max_body`` bounds every request body.
     """
 
-    def __init__(self, app: ASGIApp, *, authenticated: Callable[[str | None], bool], max_body: int,
-                 failures: AuthFailures, admit: Callable[[str, str | None], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticated: Callable[[str | None], bool],
+        max_body: int,
+        failures: AuthFailures,
+        admit: Callable[[str, str | None], str | None] | None = None,
+    ) -> None:
         self.app = app
         self.authenticated = authenticated
         self.max_body = max_body
@@ -92,8 +117,7 @@ class Guard:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []),
-                                      *(h for h in SECURITY_HEADERS if h[0] not in names)]
+                message["headers"] = [*message.get("headers", []), *(h for h in SECURITY_HEADERS if h[0] not in names)]
             await send(message)
 
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -104,8 +128,7 @@ class Guard:
         if not self.authenticated(auth.decode("latin-1") if auth is not None else None):
             client = scope.get("client") or ("?", 0)
             self.failures.note(str(client[0]), str(scope.get("path", "")))
-            await _respond(send, 401, "a valid bearer token is required",
-                           [(b"www-authenticate", b"Bearer")])
+            await _respond(send, 401, "a valid bearer token is required", [(b"www-authenticate", b"Bearer")])
             return
         if self.admit is not None:
             busy = self.admit(str(scope.get("path", "")), auth.decode("latin-1") if auth is not None else None)

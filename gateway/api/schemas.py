@@ -85,9 +85,24 @@ FireState = Literal["open", "acknowledged", "on_scene", "resolved"]
 FireResolution = Literal["real_fire", "false_alarm", "test"]
 HazardState = Literal["proposed", "confirmed", "dispatched", "rectifying", "rectified", "closed"]
 HazardResolution = Literal["closed", "rejected", "auto_closed"]
-TransitionType = Literal["opened", "updated", "escalated", "cleared", "confirmed", "dispatched", "rectifying",
-                         "rectified", "closed", "rejected", "acknowledged", "on_scene", "resolved",
-                         "override_set", "override_cleared", "inspected"]
+TransitionType = Literal[
+    "opened",
+    "updated",
+    "escalated",
+    "cleared",
+    "confirmed",
+    "dispatched",
+    "rectifying",
+    "rectified",
+    "closed",
+    "rejected",
+    "acknowledged",
+    "on_scene",
+    "resolved",
+    "override_set",
+    "override_cleared",
+    "inspected",
+]
 DeviceStatus = Literal["online", "unreachable", "never_seen"]
 #: A stored value: a point's type (SQLite keeps a value the way it was written; NULL only if damaged).
 Value = bool | int | float | str | None
@@ -182,8 +197,7 @@ class Rejected(_Out):
 
 
 #: ``responses=`` for a route whose 422 is not only FastAPI's list of issues.
-REJECTED: dict[int | str, dict[str, Any]] = {422: {"model": Rejected, "description": "not a request this route "
-                                                                                     "takes"}}
+REJECTED: dict[int | str, dict[str, Any]] = {422: {"model": Rejected, "description": "not a request this route takes"}}
 
 
 _ERRORS: dict[int, str] = {
@@ -395,8 +409,7 @@ class Hazard(_Out):
     closed_by: str | None = None
     resolution: HazardResolution | None = None
     evidence: list[Evidence] = Field(default_factory=list)
-    tier: Tier = Field(default="grid_member", description="the handling tier: from the severity, raised by "
-                                                          "escalation")
+    tier: Tier = Field(default="grid_member", description="the handling tier: from the severity, raised by escalation")
     class_: str = Field(alias="class", description="the same as hazard_class")
 
 
@@ -431,12 +444,14 @@ class HazardTransition(_TransitionBase):
 
 class SiteTransition(_TransitionBase):
     kind: Literal["site"]
-    site: dict[str, JsonValue] = Field(description="the override (override_set, override_cleared) or the "
-                                                   "inspection (inspected)")
+    site: dict[str, JsonValue] = Field(
+        description="the override (override_set, override_cleared) or the inspection (inspected)"
+    )
 
 
-class Transition(RootModel[Annotated[FireEventTransition | HazardTransition | SiteTransition,
-                                     Field(discriminator="kind")]]):
+class Transition(
+    RootModel[Annotated[FireEventTransition | HazardTransition | SiteTransition, Field(discriminator="kind")]]
+):
     """One transition of a fire event, hazard or site: what an action returns, what the stream sends
     and what the grid workflow receives."""
 

@@ -64,8 +64,10 @@ class AcceptGate:
         self.paused = True
         self.pauses += 1
         (logger.warning if self.pauses == 1 else logger.debug)(
-            "api: %d connections open, the cap: not accepting more until some close (logged once; %d times "
-            "so far)", open_connections, self.pauses)
+            "api: %d connections open, the cap: not accepting more until some close (logged once; %d times so far)",
+            open_connections,
+            self.pauses,
+        )
 
     def resume(self) -> None:
         if not self.paused:
@@ -127,12 +129,15 @@ class GuardedH11Protocol(H11Protocol):
             gate.resume()
 
 
-def guarded_protocol(*, max_connections: int, header_timeout_s: float,
-                     gate: AcceptGate | None = None) -> type[GuardedH11Protocol]:
+def guarded_protocol(
+    *, max_connections: int, header_timeout_s: float, gate: AcceptGate | None = None
+) -> type[GuardedH11Protocol]:
     """A protocol class with these limits (a subclass, so several servers in one process do not share them)."""
-    return type("GuardedH11", (GuardedH11Protocol,), {"max_connections": max_connections,
-                                                     "header_timeout_s": header_timeout_s, "refused": 0,
-                                                     "gate": gate})
+    return type(
+        "GuardedH11",
+        (GuardedH11Protocol,),
+        {"max_connections": max_connections, "header_timeout_s": header_timeout_s, "refused": 0, "gate": gate},
+    )
 
 
 class _Server(uvicorn.Server):
@@ -165,12 +170,22 @@ class ApiServer:
     def _new_server(self) -> _Server:
         s = self.ctx.settings.api
         self._gate = AcceptGate()
-        protocol = guarded_protocol(max_connections=s.max_connections, header_timeout_s=s.header_timeout_s,
-                                    gate=self._gate)
-        return _Server(uvicorn.Config(self.app, log_level="critical", access_log=False, lifespan="off",
-                                      http=protocol, timeout_keep_alive=max(1, int(s.keepalive_s)),
-                                      h11_max_incomplete_event_size=16_384, server_header=False,
-                                      timeout_graceful_shutdown=2))
+        protocol = guarded_protocol(
+            max_connections=s.max_connections, header_timeout_s=s.header_timeout_s, gate=self._gate
+        )
+        return _Server(
+            uvicorn.Config(
+                self.app,
+                log_level="critical",
+                access_log=False,
+                lifespan="off",
+                http=protocol,
+                timeout_keep_alive=max(1, int(s.keepalive_s)),
+                h11_max_incomplete_event_size=16_384,
+                server_header=False,
+                timeout_graceful_shutdown=2,
+            )
+        )
 
     def _bind(self) -> socket.socket:
         s = self.ctx.settings.api

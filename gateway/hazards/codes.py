@@ -66,40 +66,71 @@ class SiteCode:
     overridden: bool = False
 
 
-def _code(code: Code, zh: str, en: str, now_ms: int, last_inspection_ms: int | None,
-          overridden: bool = False) -> SiteCode:
+def _code(
+    code: Code, zh: str, en: str, now_ms: int, last_inspection_ms: int | None, overridden: bool = False
+) -> SiteCode:
     cadence = CADENCE[code]
     base = now_ms if last_inspection_ms is None else last_inspection_ms
     return SiteCode(code, zh, en, cadence, CADENCE_S[cadence], base + CADENCE_S[cadence] * 1000, overridden)
 
 
-def site_code(open_hazards: Iterable[Hazard], override: CodeOverride | None, now_ms: int,
-              last_inspection_ms: int | None = None) -> SiteCode:
+def site_code(
+    open_hazards: Iterable[Hazard], override: CodeOverride | None, now_ms: int, last_inspection_ms: int | None = None
+) -> SiteCode:
     """The code of one site from its open hazards (see the module docstring for the rules)."""
     if override is not None and override.in_force(now_ms):
         code: Code = "red" if override.stop_business else override.code
-        return _code(code, f"人工设定：{override.reason}（{override.actor}）",
-                     f"set by hand: {override.reason} ({override.actor})", now_ms, last_inspection_ms, True)
+        return _code(
+            code,
+            f"人工设定：{override.reason}（{override.actor}）",
+            f"set by hand: {override.reason} ({override.actor})",
+            now_ms,
+            last_inspection_ms,
+            True,
+        )
     confirmed = [h for h in open_hazards if h.confirmed and h.severity != "info"]
     overdue = [h for h in confirmed if h.deadline_ms is not None and now_ms > h.deadline_ms]
     critical = [h for h in confirmed if h.severity == "critical"]
     if critical:
-        return _code("red", f"存在已确认的紧急隐患：{critical[0].title_zh}",
-                     f"confirmed critical hazard open: {critical[0].title_en}", now_ms, last_inspection_ms)
+        return _code(
+            "red",
+            f"存在已确认的紧急隐患：{critical[0].title_zh}",
+            f"confirmed critical hazard open: {critical[0].title_en}",
+            now_ms,
+            last_inspection_ms,
+        )
     major_late = [h for h in overdue if h.severity == "major"]
     if major_late:
-        return _code("red", f"重大隐患逾期未整改：{major_late[0].title_zh}",
-                     f"major hazard past its deadline: {major_late[0].title_en}", now_ms, last_inspection_ms)
+        return _code(
+            "red",
+            f"重大隐患逾期未整改：{major_late[0].title_zh}",
+            f"major hazard past its deadline: {major_late[0].title_en}",
+            now_ms,
+            last_inspection_ms,
+        )
     if confirmed:
         worst = max(confirmed, key=lambda h: (h.severity == "major", h in overdue))
-        return _code("yellow", f"存在限期整改隐患：{worst.title_zh}",
-                     f"hazard under deadline rectification: {worst.title_en}", now_ms, last_inspection_ms)
+        return _code(
+            "yellow",
+            f"存在限期整改隐患：{worst.title_zh}",
+            f"hazard under deadline rectification: {worst.title_en}",
+            now_ms,
+            last_inspection_ms,
+        )
     return _code("green", "无未销号的已确认隐患", "no confirmed hazard open", now_ms, last_inspection_ms)
 
 
-def set_override(site_id: str, code: Code, reason: str, actor: str, now_ms: int, *,
-                 until_ms: int | None = None, stop_business: bool = False,
-                 id_factory: Callable[[], str] = new_id) -> tuple[CodeOverride, Transition]:
+def set_override(
+    site_id: str,
+    code: Code,
+    reason: str,
+    actor: str,
+    now_ms: int,
+    *,
+    until_ms: int | None = None,
+    stop_business: bool = False,
+    id_factory: Callable[[], str] = new_id,
+) -> tuple[CodeOverride, Transition]:
     """Override a site's code; returns the override and its audit record. Needs a reason and an actor."""
     if not reason.strip() or not actor.strip():
         raise TransitionError(f"site {site_id}: a code override needs a reason and an actor")
@@ -112,10 +143,10 @@ def set_override(site_id: str, code: Code, reason: str, actor: str, now_ms: int,
     return ov, Transition(id_factory(), "site", site_id, "override_set", now_ms, actor, reason, asdict(ov))
 
 
-def clear_override(override: CodeOverride, actor: str, note: str, now_ms: int, *,
-                   id_factory: Callable[[], str] = new_id) -> Transition:
+def clear_override(
+    override: CodeOverride, actor: str, note: str, now_ms: int, *, id_factory: Callable[[], str] = new_id
+) -> Transition:
     """End an override early; the audit record names who and why."""
     if not note.strip() or not actor.strip():
         raise TransitionError(f"site {override.site_id}: clearing an override needs a note and an actor")
-    return Transition(id_factory(), "site", override.site_id, "override_cleared", now_ms, actor, note,
-                         asdict(override))
+    return Transition(id_factory(), "site", override.site_id, "override_cleared", now_ms, actor, note, asdict(override))

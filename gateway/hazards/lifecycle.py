@@ -68,15 +68,34 @@ Resolution = Literal["real_fire", "false_alarm", "test"]
 HazardState = Literal["proposed", "confirmed", "dispatched", "rectifying", "rectified", "closed"]
 Tier = Literal["grid_member", "supervisor", "enforcement"]
 TIERS: tuple[Tier, ...] = ("grid_member", "supervisor", "enforcement")
-SEVERITY_TIER: dict[str, Tier] = {"info": "grid_member", "minor": "grid_member", "major": "supervisor",
-                                  "critical": "enforcement"}
+SEVERITY_TIER: dict[str, Tier] = {
+    "info": "grid_member",
+    "minor": "grid_member",
+    "major": "supervisor",
+    "critical": "enforcement",
+}
 FIRE_TIERS = ("station", "duty_officer", "district_command")
 EVIDENCE_KEEP = 20
 SYSTEM = "system"
 
-EventType = Literal["opened", "updated", "escalated", "cleared", "confirmed", "dispatched", "rectifying",
-                    "rectified", "closed", "rejected", "acknowledged", "on_scene", "resolved",
-                    "override_set", "override_cleared", "inspected"]
+EventType = Literal[
+    "opened",
+    "updated",
+    "escalated",
+    "cleared",
+    "confirmed",
+    "dispatched",
+    "rectifying",
+    "rectified",
+    "closed",
+    "rejected",
+    "acknowledged",
+    "on_scene",
+    "resolved",
+    "override_set",
+    "override_cleared",
+    "inspected",
+]
 
 
 def new_id() -> str:
@@ -113,10 +132,12 @@ FireEventEvent = Transition
 class EscalationPolicy:
     """Escalation and deadline defaults [D], per severity, in seconds. ``None``: never."""
 
-    ack_s: Mapping[str, float | None] = field(default_factory=lambda: {
-        "info": None, "minor": 24 * 3600.0, "major": 4 * 3600.0, "critical": 15 * 60.0})
-    deadline_s: Mapping[str, float | None] = field(default_factory=lambda: {
-        "info": None, "minor": 7 * 86400.0, "major": 30 * 86400.0, "critical": 86400.0})
+    ack_s: Mapping[str, float | None] = field(
+        default_factory=lambda: {"info": None, "minor": 24 * 3600.0, "major": 4 * 3600.0, "critical": 15 * 60.0}
+    )
+    deadline_s: Mapping[str, float | None] = field(
+        default_factory=lambda: {"info": None, "minor": 7 * 86400.0, "major": 30 * 86400.0, "critical": 86400.0}
+    )
 
 
 def _from_dict(cls: type[Any], data: Mapping[str, Any]) -> Any:
@@ -125,8 +146,9 @@ def _from_dict(cls: type[Any], data: Mapping[str, Any]) -> Any:
 
 
 def _illegal(what: str, subject_id: str, state: str, action: str, allowed: Iterable[str]) -> TransitionError:
-    return TransitionError(f"{what} {subject_id} is {state}: cannot {action} "
-                           f"(allowed from: {', '.join(allowed) or 'nowhere'})")
+    return TransitionError(
+        f"{what} {subject_id} is {state}: cannot {action} (allowed from: {', '.join(allowed) or 'nowhere'})"
+    )
 
 
 # ----------------------------------------------------------------------------- fire events
@@ -191,8 +213,10 @@ class FireEvent:
     def resolve(self, resolution: str | None, actor: str, now_ms: int) -> None:
         self._check("resolve", ("open", "acknowledged", "on_scene"))
         if resolution not in ("real_fire", "false_alarm", "test"):
-            raise TransitionError(f"fire event {self.fire_event_id}: resolve needs resolution real_fire, "
-                                  f"false_alarm or test, not {resolution!r}")
+            raise TransitionError(
+                f"fire event {self.fire_event_id}: resolve needs resolution real_fire, "
+                f"false_alarm or test, not {resolution!r}"
+            )
         self.state, self.resolution = "resolved", resolution  # type: ignore[assignment]
         self.resolved_at_ms, self.resolved_by = now_ms, actor
 
@@ -298,8 +322,13 @@ class Workflow:
     them). Load what the store holds as open with :meth:`load` after a restart.
     """
 
-    def __init__(self, catalog: Catalog | None = None, *, policy: EscalationPolicy | None = None,
-                 id_factory: Callable[[], str] = new_id) -> None:
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        *,
+        policy: EscalationPolicy | None = None,
+        id_factory: Callable[[], str] = new_id,
+    ) -> None:
         self._catalog = catalog
         self.policy = policy or EscalationPolicy()
         self._new_id = id_factory
@@ -310,8 +339,7 @@ class Workflow:
 
     # ------------------------------------------------------------------ loading and queries
 
-    def load(self, fire_events: Iterable[Mapping[str, Any]] = (),
-             hazards: Iterable[Mapping[str, Any]] = ()) -> None:
+    def load(self, fire_events: Iterable[Mapping[str, Any]] = (), hazards: Iterable[Mapping[str, Any]] = ()) -> None:
         """Add open subjects from their ``to_dict`` rows (resolved/closed rows are ignored)."""
         for row in fire_events:
             ev = FireEvent.from_dict(row)
@@ -336,8 +364,15 @@ class Workflow:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, kind: Literal["fire_event", "hazard"], subject: FireEvent | Hazard, type_: EventType,
-                at_ms: int, actor: str, note: str = "") -> Transition:
+    def _record(
+        self,
+        kind: Literal["fire_event", "hazard"],
+        subject: FireEvent | Hazard,
+        type_: EventType,
+        at_ms: int,
+        actor: str,
+        note: str = "",
+    ) -> Transition:
         sid = subject.fire_event_id if isinstance(subject, FireEvent) else subject.hazard_id
         return Transition(self._new_id(), kind, sid, type_, at_ms, actor, note, subject.to_dict())
 
@@ -373,8 +408,17 @@ class Workflow:
             note = f"signal {ev.count} from {sig.metric}"
             out.append(self._record("fire_event", ev, "updated", now_ms, SYSTEM, note))
             return
-        ev = FireEvent(self._new_id(), sig.site_id, sig.device_id, sig.metric, sig.rule, sig.at_ms,
-                       last_signal_at_ms=sig.at_ms, test=sig.test, evidence=[sig.evidence])
+        ev = FireEvent(
+            self._new_id(),
+            sig.site_id,
+            sig.device_id,
+            sig.metric,
+            sig.rule,
+            sig.at_ms,
+            last_signal_at_ms=sig.at_ms,
+            test=sig.test,
+            evidence=[sig.evidence],
+        )
         site = self._catalog.sites.get(sig.site_id) if self._catalog else None
         if site is not None:
             ev.station_id, ev.station_name = site.station.station_id, site.station.name
@@ -406,9 +450,21 @@ class Workflow:
                 hz.add_evidence(c.evidence)
                 out.append(self._record("hazard", hz, "updated", now_ms, SYSTEM, f"repeat {hz.count}"))
                 return
-            hz = Hazard(self._new_id(), c.site_id, c.device_id, c.rule, c.hazard_class, c.severity, c.at_ms,
-                        first_seen_ms=c.at_ms, last_seen_ms=c.at_ms, title_zh=c.title_zh, title_en=c.title_en,
-                        hard=c.hard, auto_close=c.auto_close)
+            hz = Hazard(
+                self._new_id(),
+                c.site_id,
+                c.device_id,
+                c.rule,
+                c.hazard_class,
+                c.severity,
+                c.at_ms,
+                first_seen_ms=c.at_ms,
+                last_seen_ms=c.at_ms,
+                title_zh=c.title_zh,
+                title_en=c.title_en,
+                hard=c.hard,
+                auto_close=c.auto_close,
+            )
             hz.add_evidence(c.evidence)
             note = ""
             if c.hard:
@@ -431,8 +487,17 @@ class Workflow:
 
     # ------------------------------------------------------------------ person actions
 
-    def act(self, kind: Literal["fire_event", "hazard"], subject_id: str, action: str, actor: str, *,
-            now_ms: int, note: str = "", **params: Any) -> list[Transition]:
+    def act(
+        self,
+        kind: Literal["fire_event", "hazard"],
+        subject_id: str,
+        action: str,
+        actor: str,
+        *,
+        now_ms: int,
+        note: str = "",
+        **params: Any,
+    ) -> list[Transition]:
         """Apply a person's action; raises :class:`TransitionError` when it is not allowed.
 
         fire_event: ``acknowledge``, ``arrive`` (alias ``on_scene``), ``resolve`` (``resolution=``).
@@ -448,8 +513,9 @@ class Workflow:
             return self._act_hazard(subject_id, action, actor, now_ms, note, params)
         raise TransitionError(f"unknown subject kind {kind!r} (fire_event or hazard)")
 
-    def _act_fire(self, fid: str, action: str, actor: str, now_ms: int, note: str,
-                  params: dict[str, Any]) -> list[Transition]:
+    def _act_fire(
+        self, fid: str, action: str, actor: str, now_ms: int, note: str, params: dict[str, Any]
+    ) -> list[Transition]:
         ev = self.fire_events.get(fid)
         if ev is None:
             raise TransitionError(f"fire event {fid} is not open (unknown or already resolved)")
@@ -465,8 +531,9 @@ class Workflow:
             return [self._record("fire_event", ev, "resolved", now_ms, actor, note)]
         raise TransitionError(f"fire event {fid}: unknown action {action!r} (acknowledge, arrive, resolve)")
 
-    def _act_hazard(self, hid: str, action: str, actor: str, now_ms: int, note: str,
-                    params: dict[str, Any]) -> list[Transition]:
+    def _act_hazard(
+        self, hid: str, action: str, actor: str, now_ms: int, note: str, params: dict[str, Any]
+    ) -> list[Transition]:
         hz = self.hazards.get(hid)
         if hz is None:
             raise TransitionError(f"hazard {hid} is not open (unknown or already closed)")
@@ -482,8 +549,7 @@ class Workflow:
         if action == "confirm":
             severity = params.get("severity") or hz.severity
             if severity not in SEVERITY_TIER:
-                raise TransitionError(f"hazard {hid}: unknown severity {severity!r} "
-                                      "(info, minor, major, critical)")
+                raise TransitionError(f"hazard {hid}: unknown severity {severity!r} (info, minor, major, critical)")
             hz.severity, hz.state, hz.confirmed_at_ms, hz.confirmed_by = severity, "confirmed", now_ms, actor
             hz.deadline_ms = params.get("deadline_ms") or self._deadline(severity, now_ms)
             type_ = "confirmed"
@@ -516,25 +582,55 @@ class Workflow:
                 ev.escalated_at_ms = now_ms
                 who = FIRE_TIERS[ev.escalation_level]
                 name = f" {ev.duty_officer}" if who == "duty_officer" and ev.duty_officer else ""
-                out.append(self._record("fire_event", ev, "escalated", now_ms, SYSTEM,
-                                        f"not acknowledged within {ev.response_time_s:g} s: escalated to "
-                                        f"{who}{name}"))
+                out.append(
+                    self._record(
+                        "fire_event",
+                        ev,
+                        "escalated",
+                        now_ms,
+                        SYSTEM,
+                        f"not acknowledged within {ev.response_time_s:g} s: escalated to {who}{name}",
+                    )
+                )
                 due = ev.escalation_due_ms()
         for hz in list(self.hazards.values()):
             if hz.state == "proposed":
                 ack = self.policy.ack_s.get(hz.severity)
-                while ack is not None and hz.tier != TIERS[-1] \
-                        and now_ms >= hz.opened_at_ms + int(ack * 1000) * (hz.escalation_level + 1):
+                while (
+                    ack is not None
+                    and hz.tier != TIERS[-1]
+                    and now_ms >= hz.opened_at_ms + int(ack * 1000) * (hz.escalation_level + 1)
+                ):
                     hz.escalation_level += 1
                     hz.escalated_at_ms = now_ms
-                    out.append(self._record("hazard", hz, "escalated", now_ms, SYSTEM,
-                                            f"not confirmed within {ack:g} s: escalated to {hz.tier}"))
-            elif (hz.state in ("confirmed", "dispatched", "rectifying") and not hz.overdue
-                  and hz.deadline_ms is not None and now_ms > hz.deadline_ms):
+                    out.append(
+                        self._record(
+                            "hazard",
+                            hz,
+                            "escalated",
+                            now_ms,
+                            SYSTEM,
+                            f"not confirmed within {ack:g} s: escalated to {hz.tier}",
+                        )
+                    )
+            elif (
+                hz.state in ("confirmed", "dispatched", "rectifying")
+                and not hz.overdue
+                and hz.deadline_ms is not None
+                and now_ms > hz.deadline_ms
+            ):
                 hz.overdue = True
                 base = TIERS.index(SEVERITY_TIER.get(hz.severity, "grid_member"))
                 hz.escalation_level = len(TIERS) - 1 - base
                 hz.escalated_at_ms = now_ms
-                out.append(self._record("hazard", hz, "escalated", now_ms, SYSTEM,
-                                        "rectification deadline passed: escalated to enforcement"))
+                out.append(
+                    self._record(
+                        "hazard",
+                        hz,
+                        "escalated",
+                        now_ms,
+                        SYSTEM,
+                        "rectification deadline passed: escalated to enforcement",
+                    )
+                )
         return out

@@ -82,11 +82,22 @@ def _compile_point(p: Point) -> _CompiledPoint:
     if p.map is not None:
         mapping = {(k.strip().casefold() if fold else k): v for k, v in p.map.items()}
     return _CompiledPoint(
-        name=p.name, path=compile_path(p.path), field=p.path, vtype=p.type, unit=p.unit,
-        point_class=p.point_class, urgent=p.point_class in URGENT_CLASSES, mapping=mapping, fold=fold,
-        required=p.required, factor=factor, offset=offset,
-        unit_path=compile_path(p.unit_path) if p.unit_path else None, unit_table=unit_table,
-        range=p.range, expected=p.expected_range,
+        name=p.name,
+        path=compile_path(p.path),
+        field=p.path,
+        vtype=p.type,
+        unit=p.unit,
+        point_class=p.point_class,
+        urgent=p.point_class in URGENT_CLASSES,
+        mapping=mapping,
+        fold=fold,
+        required=p.required,
+        factor=factor,
+        offset=offset,
+        unit_path=compile_path(p.unit_path) if p.unit_path else None,
+        unit_table=unit_table,
+        range=p.range,
+        expected=p.expected_range,
     )
 
 
@@ -185,8 +196,10 @@ class JsonDecoder:
                 raise DecodeError(f"{where}: expected epoch {self._time_format[6:]}, got {raw!r}"[:120])
             scale = 1000 if self._time_format == "epoch_s" else 1
             if not math.isfinite(raw) or not 0 <= raw * scale <= _YEAR_3000_MS:
-                raise DecodeError(f"{where}: {str(raw)[:40]} is not a plausible epoch time "
-                                  f"(expected epoch {self._time_format[6:]} before the year 3000)")
+                raise DecodeError(
+                    f"{where}: {str(raw)[:40]} is not a plausible epoch time "
+                    f"(expected epoch {self._time_format[6:]} before the year 3000)"
+                )
             ts = int(raw * scale)
         if not 0 <= ts <= _YEAR_3000_MS:
             raise DecodeError(f"{where}: {str(raw)[:40]} is not a plausible time")
@@ -195,8 +208,9 @@ class JsonDecoder:
     def decode(self, payload: bytes, site_id: str, device_id: str, received_at_ms: int) -> list[Reading]:
         return self.decode_timed(payload, site_id, device_id, received_at_ms)[0]
 
-    def decode_timed(self, payload: bytes, site_id: str, device_id: str,
-                     received_at_ms: int) -> tuple[list[Reading], bool]:
+    def decode_timed(
+        self, payload: bytes, site_id: str, device_id: str, received_at_ms: int
+    ) -> tuple[list[Reading], bool]:
         """Readings, and whether the payload carried its own device time."""
         if len(payload) > self._max_bytes:
             raise DecodeError(f"payload is {len(payload)} bytes, over the profile's limit of {self._max_bytes}")
@@ -253,12 +267,14 @@ class JsonDecoder:
             exp = cp.expected
             if exp is not None and not isinstance(value, str | bool) and not exp[0] <= value <= exp[1]:
                 quality = Quality.SUSPECT
-            out.append(Reading(site_id, device_id, cp.name, value, cp.unit, ts, received_at_ms, quality,
-                               cp.point_class, cp.urgent))
+            out.append(
+                Reading(
+                    site_id, device_id, cp.name, value, cp.unit, ts, received_at_ms, quality, cp.point_class, cp.urgent
+                )
+            )
         for fld, raw in unmapped.items():
             if raw is not None:
                 names = ", ".join(self._mapped_fields[fld])
                 shown = repr(raw)[:60] if not isinstance(raw, dict | list) else type(raw).__name__
-                raise DecodeError(f"payload field {fld!r}: value {shown} is not one the profile maps "
-                                  f"(points {names})")
+                raise DecodeError(f"payload field {fld!r}: value {shown} is not one the profile maps (points {names})")
         return out, timed

@@ -58,14 +58,21 @@ class MqttNormalizer:
     and so is a payload that makes a decoder fail in any way, with the exception's class named.
     """
 
-    def __init__(self, catalog: Catalog, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 max_clock_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_clock_skew_s: float = DEFAULT_MAX_SKEW_S,
+    ) -> None:
         self.catalog = catalog
         self.max_payload_bytes = max_payload_bytes
-        self.patterns = [TopicPattern(p.mqtt.topic, name) for name, p in catalog.profiles.items()
-                         if p.mqtt is not None]
-        self._decoders = {name: JsonDecoder(p, default_max_skew_s=max_clock_skew_s)
-                          for name, p in catalog.profiles.items() if p.mqtt is not None}
+        self.patterns = [TopicPattern(p.mqtt.topic, name) for name, p in catalog.profiles.items() if p.mqtt is not None]
+        self._decoders = {
+            name: JsonDecoder(p, default_max_skew_s=max_clock_skew_s)
+            for name, p in catalog.profiles.items()
+            if p.mqtt is not None
+        }
         self._logged: set[str] = set()
 
     @property
@@ -73,22 +80,37 @@ class MqttNormalizer:
         return sorted({p.subscription for p in self.patterns})
 
     def _dead(self, raw: RawMessage, reason: str, device_id: str | None = None) -> Normalized:
-        return Normalized([], DeadLetter(raw.source, raw.address, raw.payload, reason, raw.received_at_ms, device_id,
-                                      size=raw.truncated_from or None), device_id)
+        return Normalized(
+            [],
+            DeadLetter(
+                raw.source,
+                raw.address,
+                raw.payload,
+                reason,
+                raw.received_at_ms,
+                device_id,
+                size=raw.truncated_from or None,
+            ),
+            device_id,
+        )
 
     def normalize(self, raw: RawMessage) -> Normalized:
         size = raw.truncated_from or len(raw.payload)
         if size > self.max_payload_bytes:
-            return self._dead(raw, f"payload is {size} bytes, over the gateway's limit of "
-                                   f"{self.max_payload_bytes} (pipeline.max_payload_bytes)")
+            return self._dead(
+                raw,
+                f"payload is {size} bytes, over the gateway's limit of "
+                f"{self.max_payload_bytes} (pipeline.max_payload_bytes)",
+            )
         try:
             return self._normalize(raw)
         except Exception as exc:  # a decoder bug must cost one message, never the pipeline
             kind = f"{type(exc).__name__}@{exc.__traceback__.tb_frame.f_code.co_name if exc.__traceback__ else ''}"
             if kind not in self._logged:  # once per kind of failure, with the traceback to fix it
                 self._logged.add(kind)
-                logger.error("normalize: %s on %s (logged once): %s", type(exc).__name__, raw.address[:200], exc,
-                             exc_info=True)
+                logger.error(
+                    "normalize: %s on %s (logged once): %s", type(exc).__name__, raw.address[:200], exc, exc_info=True
+                )
             return self._dead(raw, f"could not be decoded: {type(exc).__name__}: {exc}"[:300])
 
     def _normalize(self, raw: RawMessage) -> Normalized:
@@ -102,15 +124,23 @@ class MqttNormalizer:
             if device is None:
                 return self._dead(raw, f"unknown device {device_id!r}: not in the inventory", device_id)
             if device.profile != pat.profile:
-                return self._dead(raw, f"device {device_id!r} has profile {device.profile!r}, but the topic "
-                                       f"matches profile {pat.profile!r}", device_id)
+                return self._dead(
+                    raw,
+                    f"device {device_id!r} has profile {device.profile!r}, but the topic "
+                    f"matches profile {pat.profile!r}",
+                    device_id,
+                )
             site = found.get("site_id")
             if site is not None and site != device.site_id:
-                return self._dead(raw, f"topic names site {site!r}, but device {device_id!r} belongs to "
-                                       f"site {device.site_id!r}", device_id)
+                return self._dead(
+                    raw,
+                    f"topic names site {site!r}, but device {device_id!r} belongs to site {device.site_id!r}",
+                    device_id,
+                )
             try:
-                readings, timed = self._decoders[pat.profile].decode_timed(raw.payload, device.site_id,
-                                                                           device_id, raw.received_at_ms)
+                readings, timed = self._decoders[pat.profile].decode_timed(
+                    raw.payload, device.site_id, device_id, raw.received_at_ms
+                )
             except DecodeError as exc:
                 return self._dead(raw, str(exc), device_id)
             return Normalized(readings, None, device_id, timed)

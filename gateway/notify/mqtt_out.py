@@ -135,8 +135,16 @@ class MqttPublisher:
 
     def _build(self) -> Any:
         em = self._em
-        client = build_client(section=self._tls_section, client_id=em.client_id, protocol="5", username=em.username,
-                              password=em.password, secure=self._secure, tls=self._tls, reconnect=self._reconnect)
+        client = build_client(
+            section=self._tls_section,
+            client_id=em.client_id,
+            protocol="5",
+            username=em.username,
+            password=em.password,
+            secure=self._secure,
+            tls=self._tls,
+            reconnect=self._reconnect,
+        )
         client.max_inflight_messages_set(MQTT_CONCURRENCY * 2)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -216,8 +224,9 @@ class MqttPublisher:
             try:
                 summaries = await self._summaries()
             except Exception as exc:  # the store busy or a bad row: codes wait, deliveries go on
-                self._codes.failed("notify:mqtt: cannot compute site codes: %s", exc,
-                                   exc_info=not isinstance(exc, sqlite3.Error))
+                self._codes.failed(
+                    "notify:mqtt: cannot compute site codes: %s", exc, exc_info=not isinstance(exc, sqlite3.Error)
+                )
                 self._dirty |= dirty
                 self._force_all |= force
                 await asyncio.sleep(1.0)
@@ -250,9 +259,14 @@ class MqttPublisher:
         return template.format(town=_level(town or "unknown"), site=_level(site_id))
 
     async def _publish_code(self, summary: dict[str, Any]) -> Outcome:
-        payload = {"site_id": summary["site_id"], "code": summary["code"], "reason_zh": summary["reason_zh"],
-                   "reason_en": summary["reason_en"], "next_inspection_due": summary["next_inspection_due"],
-                   "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+        payload = {
+            "site_id": summary["site_id"],
+            "code": summary["code"],
+            "reason_zh": summary["reason_zh"],
+            "reason_en": summary["reason_en"],
+            "next_inspection_due": summary["next_inspection_due"],
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
         topic = self._topic(self._em.topic_code, summary["site_id"])
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         outcome = await self._publish(topic, data, retain=True)

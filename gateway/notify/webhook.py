@@ -126,10 +126,15 @@ class WebhookSender:
         limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
         # TCP_NODELAY: a request is headers then body; without it Nagle can hold the body back
         # until the receiver's delayed ACK (~40 ms)
-        transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits,
-                                             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(s.timeout_s), transport=transport,
-                                         follow_redirects=False, headers={"User-Agent": USER_AGENT})
+        transport = httpx.AsyncHTTPTransport(
+            verify=verify, limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.timeout_s),
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -152,9 +157,13 @@ class WebhookSender:
             raise RuntimeError("WebhookSender.send before open()")
         body = row.body.encode("utf-8")
         ts = int(time.time())
-        headers = {"Content-Type": "application/json", "Idempotency-Key": row.event_id,
-                   "X-Firegw-Event-Id": row.event_id, "X-Firegw-Timestamp": str(ts),
-                   "X-Firegw-Signature": sign(self._secret, ts, body)}
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": row.event_id,
+            "X-Firegw-Event-Id": row.event_id,
+            "X-Firegw-Timestamp": str(ts),
+            "X-Firegw-Signature": sign(self._secret, ts, body),
+        }
         try:
             resp = await client.post(self._url, content=body, headers=headers)
         except httpx.TimeoutException as exc:

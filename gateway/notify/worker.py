@@ -88,8 +88,9 @@ T = TypeVar("T")
 _ROW_COLUMNS = "seq, destination, event_id, subject, body, created_at, attempts, next_attempt_at"
 
 
-def backoff_delay(attempts: int, min_s: float, max_s: float, retry_after: float | None = None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempts: int, min_s: float, max_s: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Seconds before the next attempt after ``attempts`` failed ones. Kept for callers of earlier
     versions: ``Backoff(min_s, max_s, rng=rng).delay(attempts, retry_after)``."""
     return Backoff(min_s, max_s, rng=rng).delay(attempts, retry_after)
@@ -139,12 +140,15 @@ class _OutboxDb:
     def load(self, destination: str, after_seq: int, limit: int) -> tuple[list[OutboxRow], int]:
         """Pending rows with seq > ``after_seq`` in seq order (at most ``limit``), and the number of
         pending rows. Both use the index ``outbox_pending``."""
-        rows = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE destination = ? AND delivered_at IS NULL "
-                                 "AND seq > ? ORDER BY seq LIMIT ?", (destination, after_seq, limit)).fetchall()
-        pending = self.conn.execute("SELECT count(*) FROM outbox WHERE destination = ? AND delivered_at IS NULL",
-                                    (destination,)).fetchone()[0]
-        return ([OutboxRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7])) for r in rows],
-                int(pending))
+        rows = self.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM outbox WHERE destination = ? AND delivered_at IS NULL "
+            "AND seq > ? ORDER BY seq LIMIT ?",
+            (destination, after_seq, limit),
+        ).fetchall()
+        pending = self.conn.execute(
+            "SELECT count(*) FROM outbox WHERE destination = ? AND delivered_at IS NULL", (destination,)
+        ).fetchone()[0]
+        return ([OutboxRow(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7])) for r in rows], int(pending))
 
     def write_marks(self, marks: Sequence[_Mark]) -> None:
         """Write delivery outcomes in one short transaction."""
@@ -153,11 +157,17 @@ class _OutboxDb:
         try:
             for m in marks:
                 if m.error is None:
-                    c.execute("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
-                              "WHERE seq = ? AND delivered_at IS NULL", (m.at_ms, m.seq))
+                    c.execute(
+                        "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
+                        "WHERE seq = ? AND delivered_at IS NULL",
+                        (m.at_ms, m.seq),
+                    )
                 else:
-                    c.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-                              "WHERE seq = ? AND delivered_at IS NULL", (m.next_attempt_at_ms, m.error, m.seq))
+                    c.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                        "WHERE seq = ? AND delivered_at IS NULL",
+                        (m.next_attempt_at_ms, m.error, m.seq),
+                    )
         except BaseException:
             c.execute("ROLLBACK")
             raise
@@ -258,8 +268,9 @@ class Notifier:
     it to stop (rows in flight stay pending and are sent again on the next start).
     """
 
-    def __init__(self, *, settings: GatewaySettings, catalog: Catalog, store_path: Path, health: Health,
-                 poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, *, settings: GatewaySettings, catalog: Catalog, store_path: Path, health: Health, poll_s: float = POLL_S
+    ) -> None:
         if poll_s <= 0:
             raise ValueError("poll_s must be positive")
         self._settings = settings
@@ -275,8 +286,9 @@ class Notifier:
         if settings.events_mqtt.enabled:
             from gateway.notify.mqtt_out import MqttPublisher
 
-            self._dests.append(MqttPublisher(settings, catalog, stage=health.stage("notify:mqtt"),
-                                             summaries=self._site_summaries))
+            self._dests.append(
+                MqttPublisher(settings, catalog, stage=health.stage("notify:mqtt"), summaries=self._site_summaries)
+            )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lanes: list[_Lane] = []
         self._wake_pending = False
@@ -315,8 +327,10 @@ class Notifier:
         try:
             await reader.call(reader.db.open)
             await writer.call(writer.db.open)
-            self._lanes = [_Lane(d, self._health.stage(f"notify:{d.name}"), Backoff(d.backoff_min_s, d.backoff_max_s))
-                           for d in self._dests]
+            self._lanes = [
+                _Lane(d, self._health.stage(f"notify:{d.name}"), Backoff(d.backoff_min_s, d.backoff_max_s))
+                for d in self._dests
+            ]
             opened: list[Destination] = []
             try:
                 for d in self._dests:  # a ConfigError (TLS files) surfaces as itself, before any task runs
@@ -492,9 +506,15 @@ class Notifier:
                 lane.stage.last_error = f"{row.event_id}: {error}"
                 if row.seq not in lane.rejected:
                     lane.rejected.add(row.seq)
-                    logger.error("notify:%s: %s %s (%s) %s; kept and retried every ~%g s; later events of "
-                                 "the subject wait", lane.name, row.subject, row.event_id, _body_type(row), error,
-                                 lane.backoff.max_s)
+                    logger.error(
+                        "notify:%s: %s %s (%s) %s; kept and retried every ~%g s; later events of the subject wait",
+                        lane.name,
+                        row.subject,
+                        row.event_id,
+                        _body_type(row),
+                        error,
+                        lane.backoff.max_s,
+                    )
                 else:
                     logger.debug("notify:%s: %s still rejected: %s", lane.name, row.event_id, error)
             else:
@@ -514,9 +534,17 @@ class Notifier:
 
     def _failed(self, lane: _Lane, error: str, attempts: int, delay: float) -> None:
         lane.stage.last_error = error
-        if lane.delivery.failed("notify:%s: delivery failing (attempt %d, next in %.2f s): %s; events wait in the "
-                                "outbox and are retried", lane.name, attempts, delay, error) \
-                and not lane.dest.tracks_connection:
+        if (
+            lane.delivery.failed(
+                "notify:%s: delivery failing (attempt %d, next in %.2f s): %s; events wait in the "
+                "outbox and are retried",
+                lane.name,
+                attempts,
+                delay,
+                error,
+            )
+            and not lane.dest.tracks_connection
+        ):
             lane.stage.connected = False
 
     def _recovered(self, lane: _Lane) -> None:
@@ -532,4 +560,4 @@ def _body_type(row: OutboxRow) -> str:
     if i < 0:
         return "?"
     j = row.body.find('"', i + len(key))
-    return row.body[i + len(key):j]
+    return row.body[i + len(key) : j]

@@ -3,5 +3,16 @@
 from gateway.profiles.loader import Catalog, check_paths, load_catalog, profile_json_schema
 from gateway.profiles.models import Device, Inventory, Point, Profile, RegisterSpec, Site, Station
 
-__all__ = ["Catalog", "Device", "Inventory", "Point", "Profile", "RegisterSpec", "Site", "Station",
-           "check_paths", "load_catalog", "profile_json_schema"]
+__all__ = [
+    "Catalog",
+    "Device",
+    "Inventory",
+    "Point",
+    "Profile",
+    "RegisterSpec",
+    "Site",
+    "Station",
+    "check_paths",
+    "load_catalog",
+    "profile_json_schema",
+]

@@ -31,8 +31,18 @@ from gateway.profiles.rule_spec import (
 
 _M = TypeVar("_M", bound=BaseModel)
 
-__all__ = ["Catalog", "check_paths", "format_validation_error", "load_catalog", "load_inventory", "load_profile",
-           "load_profiles", "parse_yaml", "profile_json_schema", "validate_rules"]
+__all__ = [
+    "Catalog",
+    "check_paths",
+    "format_validation_error",
+    "load_catalog",
+    "load_inventory",
+    "load_profile",
+    "load_profiles",
+    "parse_yaml",
+    "profile_json_schema",
+    "validate_rules",
+]
 
 
 def _loc(loc: Sequence[int | str]) -> str:
@@ -53,7 +63,7 @@ def format_validation_error(path: str, exc: ValidationError, prefix: Sequence[in
         loc = [p for p in (*prefix, *err["loc"]) if not (isinstance(p, str) and p.startswith("function-"))]
         msg = err["msg"]
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         lines.append(f"{path}: {_loc(loc)}: {msg}")
     return lines
 
@@ -129,8 +139,7 @@ def load_inventory(path: Path) -> Inventory:
 
 
 def _profile_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.suffix in (".yaml", ".yml") and not p.name.startswith(("_", ".")))
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(("_", ".")))
 
 
 def load_profiles(paths: Iterable[Path]) -> tuple[dict[str, Profile], dict[str, Path], list[str]]:
@@ -170,18 +179,26 @@ def _check_registers(prof: Profile) -> list[str]:
                 continue
             _, prev_name, prev_type = prev
             prev_reg = prof.points[prev[0]].modbus_register
-            same_word = (reg.bit is not None and prev_reg is not None and prev_reg.bit is not None
-                         and prev_reg.address == reg.address and prev_type == reg.type)
+            same_word = (
+                reg.bit is not None
+                and prev_reg is not None
+                and prev_reg.bit is not None
+                and prev_reg.address == reg.address
+                and prev_type == reg.type
+            )
             if not same_word:
-                problems.append(f"points[{i}].register.address: {reg.table} register {addr} of {p.name!r} "
-                                f"overlaps {prev_name!r}")
+                problems.append(
+                    f"points[{i}].register.address: {reg.table} register {addr} of {p.name!r} overlaps {prev_name!r}"
+                )
                 break
     if prof.modbus is not None:
         limit = prof.modbus.max_registers_per_read
         for i, p in enumerate(prof.points):
             if p.modbus_register is not None and p.modbus_register.width > limit:
-                problems.append(f"points[{i}].register.type: {p.modbus_register.type} needs {p.modbus_register.width} "
-                                f"registers, more than max_registers_per_read {limit}")
+                problems.append(
+                    f"points[{i}].register.type: {p.modbus_register.type} needs {p.modbus_register.width} "
+                    f"registers, more than max_registers_per_read {limit}"
+                )
     return problems
 
 
@@ -223,8 +240,10 @@ def _check_inventory(inv: Inventory, profiles: dict[str, Profile], path: str) ->
             continue
         problems.extend(f"{path}: {p}" for p in validate_rules(d.rules, prof, where=f"devices[{i}].rules"))
         if prof.transport == "modbus" and d.modbus is None:
-            problems.append(f"{path}: devices[{i}].modbus: profile {d.profile!r} is polled over Modbus; "
-                            "the device needs a modbus: binding (host, port, unit)")
+            problems.append(
+                f"{path}: devices[{i}].modbus: profile {d.profile!r} is polled over Modbus; "
+                "the device needs a modbus: binding (host, port, unit)"
+            )
         if prof.transport == "mqtt" and d.modbus is not None:
             problems.append(f"{path}: devices[{i}].modbus: profile {d.profile!r} talks MQTT; remove modbus:")
     return problems
@@ -239,8 +258,9 @@ def _check_topics(profiles: dict[str, Profile], files: dict[str, Path]) -> list[
         shape = tuple("+" if lvl.startswith("{") else lvl for lvl in prof.mqtt.topic.split("/"))
         other = shapes.get(shape)
         if other is not None:
-            problems.append(f"{files[name]}: mqtt.topic: pattern {prof.mqtt.topic!r} matches the same topics "
-                            f"as profile {other!r}")
+            problems.append(
+                f"{files[name]}: mqtt.topic: pattern {prof.mqtt.topic!r} matches the same topics as profile {other!r}"
+            )
         shapes[shape] = name
     return problems
 
@@ -322,8 +342,9 @@ def validate_rules(rules: Sequence[AnyRule], profile: Profile, where: str = "rul
     for i, r in enumerate(rules):
         at = f"{where}[{i}]"
         if r.id in seen:
-            problems.append(f"{at}.name: rule id {r.id!r} is already used by {where}[{seen[r.id]}]; "
-                            "give one of them a name")
+            problems.append(
+                f"{at}.name: rule id {r.id!r} is already used by {where}[{seen[r.id]}]; give one of them a name"
+            )
         seen[r.id] = i
         pname = getattr(r, "point", None)
         if pname is None:
@@ -337,28 +358,31 @@ def validate_rules(rules: Sequence[AnyRule], profile: Profile, where: str = "rul
             problems.append(f"{at}.point: a {r.kind} rule needs a numeric point; {pname!r} is {point.type}")
         if isinstance(r, EventRule):
             if r.equals is not None and not _type_ok(r.equals, point.type):
-                problems.append(f"{at}.equals: {r.equals!r} is not a {point.type} (point {pname!r} is "
-                                f"{point.type})")
+                problems.append(f"{at}.equals: {r.equals!r} is not a {point.type} (point {pname!r} is {point.type})")
             if r.test_point is not None:
                 tp = profile.point(r.test_point)
                 if tp is None:
-                    problems.append(f"{at}.test_point: unknown point {r.test_point!r} (profile "
-                                    f"{profile.profile} has: {names})")
+                    problems.append(
+                        f"{at}.test_point: unknown point {r.test_point!r} (profile {profile.profile} has: {names})"
+                    )
                 elif tp.type != "bool":
                     problems.append(f"{at}.test_point: {r.test_point!r} must be a bool point, not {tp.type}")
         if isinstance(r, StateHeldRule):
             field, value = ("value", r.value) if r.value is not None else ("not_value", r.not_value)
             assert value is not None
             if not _type_ok(value, point.type):
-                problems.append(f"{at}.{field}: {value!r} is not a {point.type} (point {pname!r} is "
-                                f"{point.type})")
+                problems.append(f"{at}.{field}: {value!r} is not a {point.type} (point {pname!r} is {point.type})")
             elif point.enum and isinstance(value, int) and value not in point.enum:
-                problems.append(f"{at}.{field}: {value!r} is not one of the codes of {pname!r}: "
-                                + ", ".join(f"{k} {v}" for k, v in point.enum.items()))
+                problems.append(
+                    f"{at}.{field}: {value!r} is not one of the codes of {pname!r}: "
+                    + ", ".join(f"{k} {v}" for k, v in point.enum.items())
+                )
         if isinstance(r, ThresholdRule) and numeric and point.range is not None:
             lo, hi = point.range
             if not lo <= r.limit <= hi:
                 side = "below" if r.below is not None else "above"
-                problems.append(f"{at}.{side}: {r.limit} is outside the "
-                                f"physical range [{lo}, {hi}] of {pname!r}; it would trip always or never")
+                problems.append(
+                    f"{at}.{side}: {r.limit} is outside the "
+                    f"physical range [{lo}, {hi}] of {pname!r}; it would trip always or never"
+                )
     return problems

@@ -77,8 +77,11 @@ class MqttProfile(_Model):
     time: TimeSpec | None = None
     max_payload_bytes: int = Field(default=16_384, gt=0, le=1_048_576)
     max_skew_s: float | None = Field(
-        default=None, gt=0, description="device clock skew beyond this flags quality suspect "
-                                        "(default: the gateway's pipeline.max_clock_skew_s, 300 s)")
+        default=None,
+        gt=0,
+        description="device clock skew beyond this flags quality suspect "
+        "(default: the gateway's pipeline.max_clock_skew_s, 300 s)",
+    )
 
     @field_validator("topic")
     @classmethod
@@ -95,8 +98,17 @@ class MqttProfile(_Model):
 
 RegisterTable = Literal["holding", "input", "coil", "discrete"]
 RegisterType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64"]
-_WIDTH: dict[str, int] = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2,
-                          "int64": 4, "uint64": 4, "float64": 4}
+_WIDTH: dict[str, int] = {
+    "bool": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+}
 
 
 class RegisterSpec(_Model):
@@ -154,10 +166,13 @@ class Point(_Model):
     # MQTT / JSON source
     path: str | None = Field(default=None, description="JSON field path in the payload, a.b[0].c")
     map: dict[str, Value | None] | None = Field(
-        default=None, description="raw value -> point value (null: a known value that gives no reading). When "
-                                  "no point reading the same field lists a value, the message is a dead letter")
+        default=None,
+        description="raw value -> point value (null: a known value that gives no reading). When "
+        "no point reading the same field lists a value, the message is a dead letter",
+    )
     map_match: Literal["exact", "ignore_case"] = Field(
-        default="exact", description="ignore_case: map keys match whatever the case and surrounding blanks")
+        default="exact", description="ignore_case: map keys match whatever the case and surrounding blanks"
+    )
     required: bool = Field(default=False, description="a payload without this field is a dead letter")
     source_unit: str | None = Field(default=None, description="unit the device sends; converted to unit")
     unit_path: str | None = Field(default=None, description="JSON path naming the unit the device sent")
@@ -166,9 +181,11 @@ class Point(_Model):
     enum: dict[int, str] | None = Field(default=None, description="labels of integer codes (0 manual, 1 auto)")
     # Plausibility
     range: tuple[float, float] | None = Field(
-        default=None, description="physical range in the canonical unit; outside it is a dead letter")
+        default=None, description="physical range in the canonical unit; outside it is a dead letter"
+    )
     expected_range: tuple[float, float] | None = Field(
-        default=None, description="normal range; outside it the reading is kept with quality suspect")
+        default=None, description="normal range; outside it the reading is kept with quality suspect"
+    )
     deadband: float | None = Field(default=None, ge=0, description="Modbus: write when it moves more than this")
 
     @field_validator("path", "unit_path")
@@ -181,8 +198,10 @@ class Point(_Model):
     @model_validator(mode="after")
     def _check(self) -> Point:
         if self.unit not in CANONICAL_UNITS:
-            raise ValueError(f"unit {self.unit!r} is not canonical; use one of {sorted(CANONICAL_UNITS)} "
-                             "and put the device's unit in source_unit")
+            raise ValueError(
+                f"unit {self.unit!r} is not canonical; use one of {sorted(CANONICAL_UNITS)} "
+                "and put the device's unit in source_unit"
+            )
         if self.source_unit is not None:
             if not known_unit(self.source_unit):
                 raise ValueError(f"source_unit {self.source_unit!r} is not a known unit")
@@ -197,8 +216,12 @@ class Point(_Model):
         for name, rng in (("range", self.range), ("expected_range", self.expected_range)):
             if rng is not None and rng[0] > rng[1]:
                 raise ValueError(f"{name} low {rng[0]} is above high {rng[1]}")
-        if self.type == "bool" and self.modbus_register is not None and self.modbus_register.type != "bool" \
-                and self.modbus_register.bit is None:
+        if (
+            self.type == "bool"
+            and self.modbus_register is not None
+            and self.modbus_register.type != "bool"
+            and self.modbus_register.bit is None
+        ):
             raise ValueError("a bool point from a register needs register.bit")
         return self
 
@@ -206,8 +229,11 @@ class Point(_Model):
 class Profile(_Model):
     """What a kind of device sends and how to read it."""
 
-    profile: str = Field(pattern=r"^[a-z][a-z0-9-]*$", max_length=64,
-                         description="profile name, referenced by devices (and the file name)")
+    profile: str = Field(
+        pattern=r"^[a-z][a-z0-9-]*$",
+        max_length=64,
+        description="profile name, referenced by devices (and the file name)",
+    )
     version: int = Field(default=1, ge=1)
     kind: str = Field(pattern=_NAME, description="device kind; the measurement name in a time-series store")
     title: Labels
@@ -288,18 +314,23 @@ class ModbusDeviceBinding(_Model):
     """
 
     framer: Literal["tcp", "rtu_over_tcp", "rtu"] = Field(
-        default="tcp", description="tcp: Modbus TCP (MBAP); rtu_over_tcp: RTU frames through a transparent "
-                                   "serial-to-Ethernet converter; rtu: a local serial port")
+        default="tcp",
+        description="tcp: Modbus TCP (MBAP); rtu_over_tcp: RTU frames through a transparent "
+        "serial-to-Ethernet converter; rtu: a local serial port",
+    )
     host: str | None = Field(default=None, description="tcp, rtu_over_tcp: the device's or converter's address")
     port: int = Field(default=502, ge=1, le=65535, description="tcp, rtu_over_tcp: TCP port")
     serial_port: str | None = Field(default=None, description="rtu: /dev/ttyUSB0, COM3 or a pyserial URL")
     baudrate: int | None = Field(default=None, gt=0, le=4_000_000, description="rtu: bits per second (default 9600)")
-    parity: Literal["N", "E", "O"] | None = Field(
-        default=None, description="rtu: N none, E even, O odd (default N)")
+    parity: Literal["N", "E", "O"] | None = Field(default=None, description="rtu: N none, E even, O odd (default N)")
     stopbits: Literal[1, 2] | None = Field(default=None, description="rtu: stop bits (default 1)")
     bytesize: Literal[7, 8] | None = Field(default=None, description="rtu: data bits (default 8; Modbus RTU uses 8)")
-    unit: int = Field(default=1, ge=0, le=255, description="unit (slave) id: 1..247 on RTU; over tcp also 0 "
-                                                           "and 255, which single-unit TCP devices often use")
+    unit: int = Field(
+        default=1,
+        ge=0,
+        le=255,
+        description="unit (slave) id: 1..247 on RTU; over tcp also 0 and 255, which single-unit TCP devices often use",
+    )
     address_base: Literal[0, 1] = Field(default=0, description="1 when the device documents addresses from 1")
     poll_interval_s: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=1.0, gt=0)
@@ -307,12 +338,18 @@ class ModbusDeviceBinding(_Model):
     max_registers_per_read: int | None = Field(default=None, ge=1, le=125)
     max_gap: int | None = Field(default=None, ge=0, le=124)
     sequential: bool | None = Field(
-        default=None, description="the link answers one request at a time, in order, as RS-485 converters do "
-                                  "(default true; false only for framer tcp servers that answer concurrently)")
+        default=None,
+        description="the link answers one request at a time, in order, as RS-485 converters do "
+        "(default true; false only for framer tcp servers that answer concurrently)",
+    )
     late_answer_s: float | None = Field(
-        default=None, gt=0, le=60, description="sequential links: after a timeout the server may still be busy "
-                                               "with that request this long; the next request waits for its late "
-                                               "answer or this window (default 2 s)")
+        default=None,
+        gt=0,
+        le=60,
+        description="sequential links: after a timeout the server may still be busy "
+        "with that request this long; the next request waits for its late "
+        "answer or this window (default 2 s)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModbusDeviceBinding:
@@ -321,17 +358,23 @@ class ModbusDeviceBinding(_Model):
             if not self.host:
                 raise ValueError(f"framer {self.framer} needs host")
             if serial:
-                raise ValueError(f"{', '.join(serial)}: serial line settings apply to framer rtu; behind a "
-                                 "serial-to-Ethernet converter they are set on the converter")
+                raise ValueError(
+                    f"{', '.join(serial)}: serial line settings apply to framer rtu; behind a "
+                    "serial-to-Ethernet converter they are set on the converter"
+                )
         if self.framer == "rtu" and not self.serial_port:
             raise ValueError("framer rtu needs serial_port")
         if self.framer != "tcp":
             if not 1 <= self.unit <= 247:
-                raise ValueError(f"unit {self.unit}: an RTU unit id is 1..247 (0 is a broadcast nobody answers, "
-                                 "248..255 are reserved)")
+                raise ValueError(
+                    f"unit {self.unit}: an RTU unit id is 1..247 (0 is a broadcast nobody answers, "
+                    "248..255 are reserved)"
+                )
             if self.sequential is False:
-                raise ValueError(f"sequential: false needs framer tcp; {self.framer} carries no transaction id, "
-                                 "so a link answers one request at a time")
+                raise ValueError(
+                    f"sequential: false needs framer tcp; {self.framer} carries no transaction id, "
+                    "so a link answers one request at a time"
+                )
         return self
 
 
@@ -341,8 +384,9 @@ class Device(_Model):
     profile: str
     location: Location = Field(default_factory=Location)
     modbus: ModbusDeviceBinding | None = None
-    rules: list[RuleSpec] = Field(default_factory=list,
-                                  description="overrides: a rule with the same id replaces the profile's")
+    rules: list[RuleSpec] = Field(
+        default_factory=list, description="overrides: a rule with the same id replaces the profile's"
+    )
 
 
 class Inventory(_Model):
@@ -363,5 +407,3 @@ class Inventory(_Model):
                 raise ValueError(f"device_id used twice: {d.device_id}")
             seen.add(d.device_id)
         return self
-
-

@@ -70,8 +70,13 @@ WEEK_S = 7 * DAY_S
 
 #: Hazard class a rule kind raises when it names none.
 DEFAULT_HAZARD_CLASS: dict[str, str] = {
-    "event": "fault", "threshold": "supervisory", "state_held": "supervisory", "no_data": "offline",
-    "rate_of_change": "supervisory", "stuck": "fault", "maintenance": "maintenance",
+    "event": "fault",
+    "threshold": "supervisory",
+    "state_held": "supervisory",
+    "no_data": "offline",
+    "rate_of_change": "supervisory",
+    "stuck": "fault",
+    "maintenance": "maintenance",
 }
 
 
@@ -115,10 +120,14 @@ class EventRule(_Rule):
     equals: Value | None = Field(default=None, description="omitted: any truthy value (true, non-zero)")
     opens: Literal["fire_event", "hazard"] = "hazard"
     trigger: Literal["edge", "each"] = Field(
-        default="edge", description="edge: on the change into the value; each: on every matching reading "
-        "(MQTT event points, where every press is a new signal)")
-    test_point: str | None = Field(default=None, description="a bool point of the same device that marks "
-                                   "the signal as a test (detector test button)")
+        default="edge",
+        description="edge: on the change into the value; each: on every matching reading "
+        "(MQTT event points, where every press is a new signal)",
+    )
+    test_point: str | None = Field(
+        default=None,
+        description="a bool point of the same device that marks the signal as a test (detector test button)",
+    )
 
     @property
     def id(self) -> str:
@@ -142,11 +151,15 @@ class ThresholdRule(_Rule):
             raise ValueError("a threshold needs exactly one of below or above")
         if self.clear_at is not None:
             if self.below is not None and self.clear_at < self.below:
-                raise ValueError(f"impossible hysteresis: clear_at {self.clear_at} is below the threshold "
-                                 f"below {self.below}; it must be >= {self.below}")
+                raise ValueError(
+                    f"impossible hysteresis: clear_at {self.clear_at} is below the threshold "
+                    f"below {self.below}; it must be >= {self.below}"
+                )
             if self.above is not None and self.clear_at > self.above:
-                raise ValueError(f"impossible hysteresis: clear_at {self.clear_at} is above the threshold "
-                                 f"above {self.above}; it must be <= {self.above}")
+                raise ValueError(
+                    f"impossible hysteresis: clear_at {self.clear_at} is above the threshold "
+                    f"above {self.above}; it must be <= {self.above}"
+                )
         return self
 
     @property
@@ -302,5 +315,4 @@ class SiteRules(_Model):
 
 
 #: A declared rule of any kind (the union ``RuleSpec`` discriminates on ``kind``).
-AnyRule = (EventRule | ThresholdRule | StateHeldRule | NoDataRule | RateOfChangeRule | StuckRule
-           | MaintenanceRule)
+AnyRule = EventRule | ThresholdRule | StateHeldRule | NoDataRule | RateOfChangeRule | StuckRule | MaintenanceRule

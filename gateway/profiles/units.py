@@ -56,8 +56,16 @@ _TO_CANONICAL: dict[str, Conversion] = {
     "L/min": Conversion("L/s", 1.0 / 60.0),
 }
 # Aliases people type.
-_ALIASES: dict[str, str] = {"C": "°C", "degC": "°C", "F": "°F", "degF": "°F", "percent": "%", "kpa": "kPa",
-                            "mpa": "MPa", "Bar": "bar"}
+_ALIASES: dict[str, str] = {
+    "C": "°C",
+    "degC": "°C",
+    "F": "°F",
+    "degF": "°F",
+    "percent": "%",
+    "kpa": "kPa",
+    "mpa": "MPa",
+    "Bar": "bar",
+}
 
 
 def _canon(unit: str) -> str:

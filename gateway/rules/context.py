@@ -62,11 +62,22 @@ class HazardMeta:
     hard: bool
     auto_close: bool
 
-    def condition(self, site_id: str, device_id: str, active: bool, at_ms: int,
-                  evidence: list[Evidence]) -> Condition:
+    def condition(self, site_id: str, device_id: str, active: bool, at_ms: int, evidence: list[Evidence]) -> Condition:
         """The :class:`~gateway.rules.effects.Condition` this rule raises (or ends) for one device."""
-        return Condition(site_id, device_id, self.rule, active, at_ms, self.hazard_class, self.severity,
-                         self.title_zh, self.title_en, self.hard, self.auto_close, evidence)
+        return Condition(
+            site_id,
+            device_id,
+            self.rule,
+            active,
+            at_ms,
+            self.hazard_class,
+            self.severity,
+            self.title_zh,
+            self.title_en,
+            self.hard,
+            self.auto_close,
+            evidence,
+        )
 
 
 def hazard_meta(rule_id: str, klass: str, severity: str, title: Title, hard: bool, auto_close: bool) -> HazardMeta:
@@ -105,8 +116,9 @@ class Evaluator:
     __slots__ = ()
     key = ""
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         raise NotImplementedError
 
     def dump(self) -> list[Any] | None:
@@ -140,8 +152,16 @@ class DeviceState(Timed):
         "unreachable",
     )
 
-    def __init__(self, device_id: str, site_id: str, profile: Profile, source: str, link: str | None,
-                 timeout_ms: int, offline_meta: HazardMeta) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        site_id: str,
+        profile: Profile,
+        source: str,
+        link: str | None,
+        timeout_ms: int,
+        offline_meta: HazardMeta,
+    ) -> None:
         super().__init__()
         self.device_id = device_id
         self.site_id = site_id
@@ -179,13 +199,31 @@ class PointState:
 
 
 class EmitCondition(Protocol):
-    def __call__(self, dev: DeviceState, meta: HazardMeta, active: bool, at_ms: int, metric: str | None,
-                 evidence: list[Evidence], out: list[Effect], /) -> None: ...
+    def __call__(
+        self,
+        dev: DeviceState,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        metric: str | None,
+        evidence: list[Evidence],
+        out: list[Effect],
+        /,
+    ) -> None: ...
 
 
 class EmitSiteCondition(Protocol):
-    def __call__(self, site_id: str, device_id: str, meta: HazardMeta, active: bool, at_ms: int,
-                 evidence: list[Evidence], out: list[Effect], /) -> None: ...
+    def __call__(
+        self,
+        site_id: str,
+        device_id: str,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        evidence: list[Evidence],
+        out: list[Effect],
+        /,
+    ) -> None: ...
 
 
 class EmitFireSignal(Protocol):

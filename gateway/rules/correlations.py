@@ -82,8 +82,9 @@ class _PumpTriggerEval(Evaluator):
     def __init__(self, site: PumpSite) -> None:
         self.site = site
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         if truthy(r.value) and not truthy(prev):
             self.site.trigger(ctx, r.ts_ms, r.received_at_ms)
 
@@ -94,8 +95,9 @@ class _PumpRunEval(Evaluator):
     def __init__(self, site: PumpSite) -> None:
         self.site = site
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         self.site.run_changed(ctx, f"{p.dev.device_id}/{p.metric}", truthy(r.value), r.ts_ms, out)
 
 
@@ -136,11 +138,20 @@ class FalseAlarms(Timed):
         too_many = rule.enabled and len(self.times) > rule.max_per_day
         if too_many != self.active:
             self.active = too_many
-            title = rule.title or Title(zh=f"误报过多（24 小时内超过 {rule.max_per_day} 次）",
-                                        en=f"Too many false alarms (more than {rule.max_per_day} in 24 h)")
+            title = rule.title or Title(
+                zh=f"误报过多（24 小时内超过 {rule.max_per_day} 次）",
+                en=f"Too many false alarms (more than {rule.max_per_day} in 24 h)",
+            )
             meta = hazard_meta("false_alarms", rule.hazard_class, rule.severity, title, rule.hard, rule.auto_close)
-            ctx.site_condition(self.site_id, self.device_id, meta, too_many, now_ms,
-                               [{"false_alarms": len(self.times), "window_s": rule.window_s}], out)
+            ctx.site_condition(
+                self.site_id,
+                self.device_id,
+                meta,
+                too_many,
+                now_ms,
+                [{"false_alarms": len(self.times), "window_s": rule.window_s}],
+                out,
+            )
         if self.times:
             ctx.arm(self, self.times[0] + window)
         else:
@@ -175,7 +186,8 @@ class SiteCorrelations:
             if has_run:
                 title = ps.title or Title(
                     zh=f"消防泵启泵信号后 {ps.limit_s:g} 秒内未运行",
-                    en=f"Fire pump did not start within {ps.limit_s:g} s of a start signal")
+                    en=f"Fire pump did not start within {ps.limit_s:g} s of a start signal",
+                )
                 meta = hazard_meta("pump_start", ps.hazard_class, ps.severity, title, ps.hard, ps.auto_close)
                 self.pumps[site_id] = PumpSite(site_id, ps, meta)
 
@@ -189,8 +201,11 @@ class SiteCorrelations:
             if metric in pump.rule.run_points:
                 evals.append(_PumpRunEval(pump))
         sr = self.rules.get(dev.site_id)
-        if sr is not None and sr.dual_power_loss.enabled and metric in (sr.dual_power_loss.main_point,
-                                                                         sr.dual_power_loss.backup_point):
+        if (
+            sr is not None
+            and sr.dual_power_loss.enabled
+            and metric in (sr.dual_power_loss.main_point, sr.dual_power_loss.backup_point)
+        ):
             dp = sr.dual_power_loss
             if dev.profile.point(dp.main_point) and dev.profile.point(dp.backup_point):
                 other = dp.backup_point if metric == dp.main_point else dp.main_point
@@ -198,8 +213,7 @@ class SiteCorrelations:
                 shared = next((e for e in op.evals if isinstance(e, DualPowerEval)), None) if op else None
                 if shared is None:
                     title = dp.title or Title(zh="消防主电源与备用电源均失电", en="Main and backup power both lost")
-                    meta = hazard_meta("dual_power_loss", dp.hazard_class, dp.severity, title, dp.hard,
-                                       dp.auto_close)
+                    meta = hazard_meta("dual_power_loss", dp.hazard_class, dp.severity, title, dp.hard, dp.auto_close)
                     shared = DualPowerEval(dp, meta, f"{dev.device_id}|dual_power_loss")
                 evals.append(shared)
         return evals

@@ -68,8 +68,7 @@ class TestRecord:
     evidence: list[Evidence] = field(default_factory=list)
 
 
-ShieldAction = Literal["test_on", "test_off", "test_expired", "shield_on", "shield_off", "shield_expired",
-                       "suppressed"]
+ShieldAction = Literal["test_on", "test_off", "test_expired", "shield_on", "shield_off", "shield_expired", "suppressed"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,16 +57,47 @@ class Emitter:
         if guard is None:
             out.append(FireSignal(dev.site_id, dev.device_id, p.metric, rule, at_ms, test, ev))
         elif isinstance(guard, TestMode):
-            out.append(TestRecord(dev.site_id, dev.device_id, p.metric, rule, at_ms, "fire_event", True,
-                                  guard.reason, guard.actor, [ev]))
+            out.append(
+                TestRecord(
+                    dev.site_id,
+                    dev.device_id,
+                    p.metric,
+                    rule,
+                    at_ms,
+                    "fire_event",
+                    True,
+                    guard.reason,
+                    guard.actor,
+                    [ev],
+                )
+            )
         else:
-            out.append(ShieldLog(dev.site_id, dev.device_id, p.metric, "suppressed", at_ms, guard.actor,
-                                 guard.reason, guard.until_ms, rule))
+            out.append(
+                ShieldLog(
+                    dev.site_id,
+                    dev.device_id,
+                    p.metric,
+                    "suppressed",
+                    at_ms,
+                    guard.actor,
+                    guard.reason,
+                    guard.until_ms,
+                    rule,
+                )
+            )
         if self.on_alarm is not None and not test and guard is None:
             self.on_alarm(p, at_ms)
 
-    def condition(self, dev: DeviceState, meta: HazardMeta, active: bool, at_ms: int, metric: str | None,
-                  evidence: list[Evidence], out: list[Effect]) -> None:
+    def condition(
+        self,
+        dev: DeviceState,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        metric: str | None,
+        evidence: list[Evidence],
+        out: list[Effect],
+    ) -> None:
         key = (dev.site_id, dev.device_id, meta.rule)
         if active:
             guard = guard_of(self.guards, dev.device_id, metric) if self.guards else None
@@ -87,17 +118,56 @@ class Emitter:
         out.append(meta.condition(dev.site_id, dev.device_id, active, at_ms, evidence))
 
     @staticmethod
-    def _guarded(dev: DeviceState, meta: HazardMeta, active: bool, at_ms: int, metric: str | None,
-                 evidence: list[Evidence], guard: TestMode | Shield, out: list[Effect]) -> None:
+    def _guarded(
+        dev: DeviceState,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        metric: str | None,
+        evidence: list[Evidence],
+        guard: TestMode | Shield,
+        out: list[Effect],
+    ) -> None:
         if isinstance(guard, TestMode):
-            out.append(TestRecord(dev.site_id, dev.device_id, metric or "", meta.rule, at_ms, "hazard",
-                                  active, guard.reason, guard.actor, evidence))
+            out.append(
+                TestRecord(
+                    dev.site_id,
+                    dev.device_id,
+                    metric or "",
+                    meta.rule,
+                    at_ms,
+                    "hazard",
+                    active,
+                    guard.reason,
+                    guard.actor,
+                    evidence,
+                )
+            )
         elif active:
-            out.append(ShieldLog(dev.site_id, dev.device_id, metric, "suppressed", at_ms, guard.actor,
-                                 guard.reason, guard.until_ms, meta.rule))
+            out.append(
+                ShieldLog(
+                    dev.site_id,
+                    dev.device_id,
+                    metric,
+                    "suppressed",
+                    at_ms,
+                    guard.actor,
+                    guard.reason,
+                    guard.until_ms,
+                    meta.rule,
+                )
+            )
 
-    def site_condition(self, site_id: str, device_id: str, meta: HazardMeta, active: bool, at_ms: int,
-                       evidence: list[Evidence], out: list[Effect]) -> None:
+    def site_condition(
+        self,
+        site_id: str,
+        device_id: str,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        evidence: list[Evidence],
+        out: list[Effect],
+    ) -> None:
         key = (site_id, device_id, meta.rule)
         if active:
             self.active[key] = ["", ""]
@@ -105,8 +175,9 @@ class Emitter:
             return
         out.append(meta.condition(site_id, device_id, active, at_ms, evidence))
 
-    def release(self, key: ActiveKey, meta: HazardMeta, at_ms: int, evidence: list[Evidence],
-                out: list[Effect]) -> None:
+    def release(
+        self, key: ActiveKey, meta: HazardMeta, at_ms: int, evidence: list[Evidence], out: list[Effect]
+    ) -> None:
         """A standing condition that a mode held back goes out now, as raised plainly."""
         self.active[key][1] = ""
         out.append(meta.condition(key[0], key[1], True, at_ms, evidence))

@@ -85,8 +85,14 @@ class RuleEngine:
             (``mqtt`` or ``modbus``), matching the names given to :meth:`on_source`.
     """
 
-    def __init__(self, catalog: Catalog, *, rules_for: RulesFor | None = None,
-                 site_rules_for: SiteRulesFor | None = None, source_of: SourceOf | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        rules_for: RulesFor | None = None,
+        site_rules_for: SiteRulesFor | None = None,
+        source_of: SourceOf | None = None,
+    ) -> None:
         self._catalog = catalog
         self._rules_for = rules_for
         self._heap: list[tuple[int, int, Timed]] = []
@@ -118,21 +124,26 @@ class RuleEngine:
                 meta, timeout = offline_meta, 0
                 if nd is not None:
                     timeout = int((nd.cadence_s or expected_interval_s(profile)) * nd.cadence_multiple * 1000)
-                    if nd.name or nd.title or nd.severity != "minor" or nd.hazard_class or nd.hard \
-                            or nd.auto_close:
+                    if nd.name or nd.title or nd.severity != "minor" or nd.hazard_class or nd.hard or nd.auto_close:
                         meta = self._meta_of(profile, nd)
                 nodata = (timeout, meta)
                 if rules is self._profile_rules.get(profile.profile):
                     self._nodata[id(rules)] = nodata
-            self._devs[device.device_id] = TrackedDevice(device.device_id, device.site_id, profile, source,
-                                                         link_of(device), nodata[0], nodata[1])
+            self._devs[device.device_id] = TrackedDevice(
+                device.device_id, device.site_id, profile, source, link_of(device), nodata[0], nodata[1]
+            )
 
         self._reach = Reachability(self._devs, self.counters)
         guards: dict[str, dict[str, Mode]] = {}
         self._emit = Emitter(guards)
-        self._ctx = RuleContext(arm=self._arm, condition=self._emit.condition,
-                                site_condition=self._emit.site_condition, fire_signal=self._emit.fire_signal,
-                                sources_down=self._reach.sources_down, source_up_at=self._reach.source_up_at)
+        self._ctx = RuleContext(
+            arm=self._arm,
+            condition=self._emit.condition,
+            site_condition=self._emit.site_condition,
+            fire_signal=self._emit.fire_signal,
+            sources_down=self._reach.sources_down,
+            source_up_at=self._reach.source_up_at,
+        )
         self._sites = SiteCorrelations(site_rules, self._devs.values(), self._ctx)
         self._emit.on_alarm = self._sites.alarm_seen
         self._modes = Modes(self._devs, self._emit, guards)
@@ -323,8 +334,17 @@ class RuleEngine:
     # ------------------------------------------------------------------ persistence
 
     def _parts(self) -> state.EngineParts:
-        return state.EngineParts(self._ctx, self._points, self._devs, self._point, self._reach, self._sites,
-                                 self._modes, self._emit, self.counters)
+        return state.EngineParts(
+            self._ctx,
+            self._points,
+            self._devs,
+            self._point,
+            self._reach,
+            self._sites,
+            self._modes,
+            self._emit,
+            self.counters,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """All rule state as JSON-able data, for :meth:`restore` into an engine of the same catalog

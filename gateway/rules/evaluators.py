@@ -67,8 +67,9 @@ class EventEval(Evaluator):
             return False
         return bool(v) if self.equals is None else v == self.equals
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         if self._match(r.value):
             if self.each or not self._match(prev):
                 if self.fire_event:
@@ -108,8 +109,9 @@ class HeldEval(Timed, Evaluator):
         """(violated, ok) for the point's current value."""
         raise NotImplementedError
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         self.point = p
         viol, ok = self.judge(p)
         ts = r.ts_ms
@@ -186,8 +188,9 @@ class RateEval(Evaluator):
         self.meta, self.max_change, self.per_ms, self.key = meta, rule.max_change, rule.per_s * 1000, key
         self.active = False
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         v = r.value
         if not isinstance(prev, int | float) or not isinstance(v, int | float) or r.ts_ms <= prev_ts:
             return
@@ -209,16 +212,21 @@ class StuckEval(Evaluator):
     __slots__ = ("active", "for_ms", "key", "meta", "min_samples", "ref", "samples", "since", "tol")
 
     def __init__(self, rule: StuckRule, meta: HazardMeta, key: str) -> None:
-        self.meta, self.for_ms, self.min_samples, self.tol = meta, int(rule.for_s * 1000), rule.min_samples, \
-            rule.tolerance
+        self.meta, self.for_ms, self.min_samples, self.tol = (
+            meta,
+            int(rule.for_s * 1000),
+            rule.min_samples,
+            rule.tolerance,
+        )
         self.key = key
         self.ref: float | None = None
         self.since = 0
         self.samples = 0
         self.active = False
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         v = r.value
         if not isinstance(v, int | float):
             return
@@ -239,8 +247,7 @@ class StuckEval(Evaluator):
         return None if self.ref is None else [self.ref, self.since, self.samples, int(self.active)]
 
     def load(self, state: list[Any], p: PointState) -> None:
-        self.ref, self.since, self.samples, self.active = float(state[0]), int(state[1]), int(state[2]), \
-            bool(state[3])
+        self.ref, self.since, self.samples, self.active = float(state[0]), int(state[1]), int(state[2]), bool(state[3])
 
 
 class SilenceEval(Timed, Evaluator):
@@ -259,8 +266,9 @@ class SilenceEval(Timed, Evaluator):
         self.active = False
         self.point: PointState | None = None
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         self.point = p
         self.last_rx = max(self.last_rx, r.received_at_ms)
         if self.active:
@@ -277,8 +285,15 @@ class SilenceEval(Timed, Evaluator):
             ctx.arm(self, max(base + self.timeout_ms, now_ms + 1))
             return
         self.active = True
-        ctx.condition(dev, self.meta, True, now_ms, self.point.metric,
-                      [{"last_received_ms": self.last_rx, "timeout_ms": self.timeout_ms}], out)
+        ctx.condition(
+            dev,
+            self.meta,
+            True,
+            now_ms,
+            self.point.metric,
+            [{"last_received_ms": self.last_rx, "timeout_ms": self.timeout_ms}],
+            out,
+        )
 
     def dump(self) -> list[Any] | None:
         return [self.last_rx, int(self.active), self.due]
@@ -300,8 +315,9 @@ class MaintenanceEval(Timed, Evaluator):
         self.active = False
         self.point: PointState | None = None
 
-    def feed(self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int,
-             out: list[Effect]) -> None:
+    def feed(
+        self, ctx: RuleContext, p: PointState, r: Reading, prev: Value | None, prev_ts: int, out: list[Effect]
+    ) -> None:
         self.point = p
         record = truthy(r.value) and prev is not None and r.value != prev
         if record or self.last_record < 0:
@@ -314,8 +330,15 @@ class MaintenanceEval(Timed, Evaluator):
     def fire(self, ctx: RuleContext, now_ms: int, out: list[Effect]) -> None:
         assert self.point is not None
         self.active = True
-        ctx.condition(self.point.dev, self.meta, True, now_ms, self.point.metric,
-                      [{"last_record_ts_ms": self.last_record, "max_interval_ms": self.max_ms}], out)
+        ctx.condition(
+            self.point.dev,
+            self.meta,
+            True,
+            now_ms,
+            self.point.metric,
+            [{"last_record_ts_ms": self.last_record, "max_interval_ms": self.max_ms}],
+            out,
+        )
 
     def dump(self) -> list[Any] | None:
         return [self.last_record, int(self.active), self.due]

@@ -60,8 +60,9 @@ class Modes:
 
     __slots__ = ("devices", "emitter", "expiries", "guards")
 
-    def __init__(self, devices: Mapping[str, DeviceState], emitter: Emitter,
-                 guards: dict[str, dict[str, Mode]]) -> None:
+    def __init__(
+        self, devices: Mapping[str, DeviceState], emitter: Emitter, guards: dict[str, dict[str, Mode]]
+    ) -> None:
         self.devices = devices
         self.emitter = emitter
         self.guards = guards  # device id -> point ("" = whole device) -> mode; the emitter reads it
@@ -77,8 +78,7 @@ class Modes:
         dev = self.devices.get(mode.device_id)
         site = dev.site_id if dev else ""
         self.add(ctx, mode)
-        out.append(ShieldLog(site, mode.device_id, mode.point, action, now_ms, mode.actor, mode.reason,
-                             mode.until_ms))
+        out.append(ShieldLog(site, mode.device_id, mode.point, action, now_ms, mode.actor, mode.reason, mode.until_ms))
 
     def get(self, device_id: str, point: str | None) -> Mode | None:
         return self.guards.get(device_id, {}).get(point or "")
@@ -97,16 +97,20 @@ class Modes:
         dev = self.devices.get(mode.device_id)
         site = dev.site_id if dev else ""
         is_test = isinstance(mode, TestMode)
-        action: ShieldAction = (("test_expired" if expired else "test_off") if is_test
-                                else ("shield_expired" if expired else "shield_off"))
-        out.append(ShieldLog(site, mode.device_id, mode.point, action, now_ms, actor, mode.reason,
-                             mode.until_ms))
+        action: ShieldAction = (
+            ("test_expired" if expired else "test_off") if is_test else ("shield_expired" if expired else "shield_off")
+        )
+        out.append(ShieldLog(site, mode.device_id, mode.point, action, now_ms, actor, mode.reason, mode.until_ms))
         # conditions that are still active under the ended mode are raised now
         if dev is None:
             return
         for key, (metric, how) in list(self.emitter.active.items()):
-            if key[1] == mode.device_id and how and (mode.point is None or metric == mode.point) \
-                    and guard_of(self.guards, mode.device_id, metric) is None:
+            if (
+                key[1] == mode.device_id
+                and how
+                and (mode.point is None or metric == mode.point)
+                and guard_of(self.guards, mode.device_id, metric) is None
+            ):
                 p = dev.points.get(metric)
                 meta = meta_for_rule(dev, key[2])
                 if meta is not None:

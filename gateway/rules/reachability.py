@@ -27,11 +27,17 @@ from gateway.rules.spec import Title
 __all__ = ["POINTS_UNREADABLE", "Reachability", "TrackedDevice", "heard_again", "link_of", "sync_offline"]
 
 #: One condition per device whose points the source cannot read (the device refuses their registers).
-POINTS_UNREADABLE = hazard_meta("points_unreadable", "fault", "minor",
-                                Title(zh="设备部分测点无法读取（设备不提供其寄存器）",
-                                      en="Some points of the device cannot be read (the device refuses their "
-                                         "registers)"),
-                                False, False)
+POINTS_UNREADABLE = hazard_meta(
+    "points_unreadable",
+    "fault",
+    "minor",
+    Title(
+        zh="设备部分测点无法读取（设备不提供其寄存器）",
+        en="Some points of the device cannot be read (the device refuses their registers)",
+    ),
+    False,
+    False,
+)
 
 
 def link_of(device: DeviceSpec) -> str | None:
@@ -64,8 +70,7 @@ def sync_offline(ctx: RuleContext, dev: DeviceState, at_ms: int, out: list[Effec
     want = (dev.silent or dev.unreachable) and dev.link_down is None
     if want != dev.offline_on:
         dev.offline_on = want
-        ev: list[Evidence] = [{"silent": dev.silent, "unreachable": dev.unreachable,
-                               "last_received_ms": dev.last_rx}]
+        ev: list[Evidence] = [{"silent": dev.silent, "unreachable": dev.unreachable, "last_received_ms": dev.last_rx}]
         ctx.condition(dev, dev.offline_meta, want, at_ms, None, ev, out)
 
 
@@ -119,8 +124,15 @@ class Reachability:
                 self.counters["unknown_device"] += 1
                 continue
             if ch.status in ("points_unreadable", "points_readable"):
-                ctx.condition(dev, POINTS_UNREADABLE, ch.status == "points_unreadable", ch.at_ms, None,
-                              [{"reason": ch.reason}], out)
+                ctx.condition(
+                    dev,
+                    POINTS_UNREADABLE,
+                    ch.status == "points_unreadable",
+                    ch.at_ms,
+                    None,
+                    [{"reason": ch.reason}],
+                    out,
+                )
                 continue
             touched.add(dev.device_id)
             if ch.status == "unreachable":
@@ -149,8 +161,7 @@ class Reachability:
         for device_id in sorted(touched):
             sync_offline(ctx, self.devices[device_id], now_ms, out)
 
-    def _link_cond(self, ctx: RuleContext, link: str, active: bool, at_ms: int, reason: str,
-                   out: list[Effect]) -> None:
+    def _link_cond(self, ctx: RuleContext, link: str, active: bool, at_ms: int, reason: str, out: list[Effect]) -> None:
         members = self.link_members.get(link, [])
         sites = sorted({d.site_id for d in members})
         title = Title(zh=f"通信链路中断（{link}）", en=f"Communication link down ({link})")
@@ -172,6 +183,17 @@ class Reachability:
 
     @staticmethod
     def _source_cond(source: str, active: bool, at_ms: int) -> Condition:
-        return Condition("", source, "source_down", active, at_ms, "gateway", "major",
-                         f"网关数据源中断（{source}）", f"Gateway source down ({source})", False, False,
-                         [{"source": source}])
+        return Condition(
+            "",
+            source,
+            "source_down",
+            active,
+            at_ms,
+            "gateway",
+            "major",
+            f"网关数据源中断（{source}）",
+            f"Gateway source down ({source})",
+            False,
+            False,
+            [{"source": source}],
+        )

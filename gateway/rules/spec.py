@@ -132,8 +132,7 @@ def default_rules(point: Point, profile: Profile | None = None) -> list[AnyRule]
             zh, en = (re.split(r"[(（]", x, maxsplit=1)[0].strip() for x in _label(point))
             who_zh, who_en = ("设备", "Device") if profile is None else (profile.title.zh, profile.title.en)
             title = Title(zh=f"{who_zh}未处于自动状态（{zh}）", en=f"{who_en} not in automatic mode ({en})")
-            return [StateHeldRule(point=point.name, not_value=auto, hold_s=600.0, severity="major",
-                                  title=title)]
+            return [StateHeldRule(point=point.name, not_value=auto, hold_s=600.0, severity="major", title=title)]
         return [EventRule(point=point.name, hazard_class="supervisory", severity="major")]
     return []
 
@@ -158,8 +157,7 @@ def title_for(rule: AnyRule, point: Point | None, profile: Profile | None = None
     elif isinstance(rule, StateHeldRule):
         if rule.value is not None:
             v = _fmt(rule.value)
-            t = (f"{zh}持续为 {v} 超过 {rule.hold_s:g} 秒",
-                 f"{en} has been {v} for more than {rule.hold_s:g} s")
+            t = (f"{zh}持续为 {v} 超过 {rule.hold_s:g} 秒", f"{en} has been {v} for more than {rule.hold_s:g} s")
         else:
             v = _fmt(rule.not_value if rule.not_value is not None else "")
             if point is not None and point.enum and isinstance(rule.not_value, int):
@@ -171,15 +169,18 @@ def title_for(rule: AnyRule, point: Point | None, profile: Profile | None = None
         else:
             t = (f"{zh}长时间无数据", f"No data from {en}")
     elif isinstance(rule, RateOfChangeRule):
-        t = (f"{zh}变化过快（每 {rule.per_s:g} 秒超过 {_fmt(rule.max_change)}{unit}）",
-             f"{en} changing too fast (more than {_fmt(rule.max_change)}{unit} per {rule.per_s:g} s)")
+        t = (
+            f"{zh}变化过快（每 {rule.per_s:g} 秒超过 {_fmt(rule.max_change)}{unit}）",
+            f"{en} changing too fast (more than {_fmt(rule.max_change)}{unit} per {rule.per_s:g} s)",
+        )
     elif isinstance(rule, StuckRule):
-        t = (f"{zh}读数冻结（{rule.for_s:g} 秒未变化）",
-             f"{en} reading frozen (unchanged for {rule.for_s:g} s)")
+        t = (f"{zh}读数冻结（{rule.for_s:g} 秒未变化）", f"{en} reading frozen (unchanged for {rule.for_s:g} s)")
     else:
         days = rule.max_interval_s / DAY_S
-        t = (f"{zh}：超过 {days:g} 天无自动巡检记录",
-             f"{en}: no automatic test run / inspection recorded for {days:g} days")
+        t = (
+            f"{zh}：超过 {days:g} 天无自动巡检记录",
+            f"{en}: no automatic test run / inspection recorded for {days:g} days",
+        )
     if profile is not None and not isinstance(rule, NoDataRule | MaintenanceRule):
         t = (f"{profile.title.zh}：{t[0]}", f"{profile.title.en}: {t[1]}")
     return Title(zh=t[0], en=t[1])
@@ -198,8 +199,9 @@ def _declared(obj: object) -> list[AnyRule]:
     return list(rules) if isinstance(rules, list) else []
 
 
-def effective_rules(profile: Profile, device: Device | None = None,
-                    declared: Sequence[AnyRule] | None = None) -> list[AnyRule]:
+def effective_rules(
+    profile: Profile, device: Device | None = None, declared: Sequence[AnyRule] | None = None
+) -> list[AnyRule]:
     """The rules that run for one device: profile rules, replaced or extended by the device's by id,
     class defaults for every point no declared rule names, and a device ``no_data`` (offline) rule.
     Disabled rules are dropped last (so ``enabled: false`` also switches a default off)."""

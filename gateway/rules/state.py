@@ -64,20 +64,35 @@ def snapshot(parts: EngineParts, started: bool) -> dict[str, Any]:
             state = e.dump()
             if state is not None and e.key:
                 evals[e.key] = state
-    devs = {d.device_id: [d.last_rx, int(d.silent), int(d.unreachable), d.link_down, int(d.offline_on), d.due]
-            for d in parts.devices.values() if d.silent or d.unreachable or d.offline_on or d.last_rx}
-    pumps = {s: [p.since, p.due, int(p.active), sorted(p.running)] for s, p in parts.sites.pumps.items()
-             if p.since >= 0 or p.active or p.running}
-    modes = [{"type": "test" if isinstance(m, TestMode) else "shield", **m.model_dump()}
-             for ms in parts.modes.guards.values() for m in ms.values()]
+    devs = {
+        d.device_id: [d.last_rx, int(d.silent), int(d.unreachable), d.link_down, int(d.offline_on), d.due]
+        for d in parts.devices.values()
+        if d.silent or d.unreachable or d.offline_on or d.last_rx
+    }
+    pumps = {
+        s: [p.since, p.due, int(p.active), sorted(p.running)]
+        for s, p in parts.sites.pumps.items()
+        if p.since >= 0 or p.active or p.running
+    }
+    modes = [
+        {"type": "test" if isinstance(m, TestMode) else "shield", **m.model_dump()}
+        for ms in parts.modes.guards.values()
+        for m in ms.values()
+    ]
     reach = parts.reach
     return {
-        "version": SNAPSHOT_VERSION, "started": started, "points": points, "evals": evals,
-        "devices": devs, "pumps": pumps, "links_down": sorted(reach.links_down),
-        "sources_down": sorted(reach.sources_down), "source_up_at": dict(reach.source_up_at),
-        "false_alarms": {d: [fa.site_id, list(fa.times), int(fa.active)]
-                         for d, fa in parts.sites.false_alarms.items()},
-        "modes": modes, "active": [[*k, *v] for k, v in parts.emitter.active.items()],
+        "version": SNAPSHOT_VERSION,
+        "started": started,
+        "points": points,
+        "evals": evals,
+        "devices": devs,
+        "pumps": pumps,
+        "links_down": sorted(reach.links_down),
+        "sources_down": sorted(reach.sources_down),
+        "source_up_at": dict(reach.source_up_at),
+        "false_alarms": {d: [fa.site_id, list(fa.times), int(fa.active)] for d, fa in parts.sites.false_alarms.items()},
+        "modes": modes,
+        "active": [[*k, *v] for k, v in parts.emitter.active.items()],
         "counters": dict(parts.counters),
     }
 

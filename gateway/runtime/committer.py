@@ -99,10 +99,20 @@ class Hooks:
 class Committer:
     """Owns the writing store connection; see the module docstring."""
 
-    def __init__(self, *, store: Store, catalog: Catalog, health: Health, inbox_size: int = 20_000,
-                 max_batch: int = 1_000, tick_s: float = 1.0, retention: RetentionPolicy | None = None,
-                 hooks: Hooks | None = None, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 max_clock_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        catalog: Catalog,
+        health: Health,
+        inbox_size: int = 20_000,
+        max_batch: int = 1_000,
+        tick_s: float = 1.0,
+        retention: RetentionPolicy | None = None,
+        hooks: Hooks | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_clock_skew_s: float = DEFAULT_MAX_SKEW_S,
+    ) -> None:
         if inbox_size < 1 or max_batch < 1:
             raise ValueError("inbox_size and max_batch must be positive")
         self.store = store
@@ -267,8 +277,11 @@ class Committer:
                     if isinstance(it, _Job) and not it.future.done():
                         it.future.set_exception(RuntimeError("the gateway stopped while its store refused writes"))
                 inbox.clear()
-                logger.error("committer: stopped while the store refuses writes; %d waiting messages stay "
-                             "unacknowledged (redelivered to the next run)", left)
+                logger.error(
+                    "committer: stopped while the store refuses writes; %d waiting messages stay "
+                    "unacknowledged (redelivered to the next run)",
+                    left,
+                )
                 return
         try:
             with self.store.transaction():
@@ -310,8 +323,10 @@ class Committer:
                 # acknowledged; keep the batch and try again rather than lose it.
                 self._stage.depth = len(items) + len(self._inbox)
                 if not self._store_failed(exc, backoff.next(), stopping):
-                    logger.error("committer: giving up at shutdown; %d items stay unacknowledged (the "
-                                 "source redelivers them)", len(items))
+                    logger.error(
+                        "committer: giving up at shutdown; %d items stay unacknowledged (the source redelivers them)",
+                        len(items),
+                    )
                     return
                 continue
             self._stage.ok()
@@ -344,8 +359,12 @@ class Committer:
         self._stage.last_error = f"{what} failed: {type(exc).__name__}: {exc}"[:300]
         if kind not in self._contained_kinds:  # once per kind, with the traceback to fix it
             self._contained_kinds.add(kind)
-            logger.error("committer: %s failed (%s); contained, the rest goes on (logged once per kind)",
-                         what, type(exc).__name__, exc_info=exc)
+            logger.error(
+                "committer: %s failed (%s); contained, the rest goes on (logged once per kind)",
+                what,
+                type(exc).__name__,
+                exc_info=exc,
+            )
 
     def _bisect(self, items: list[RawMessage | _Job], stopping: bool, exc: BaseException) -> None:
         """Find the items that fail on their own, in O(log n) transactions per bad item."""
@@ -373,14 +392,16 @@ class Committer:
             metrics = []
         where = f" (points {', '.join(metrics)})" if metrics else ""
         reason = f"could not be processed{where}: {type(exc).__name__}: {exc}"[:500]
-        dead = DeadLetter(item.source, item.address, item.payload, reason, item.received_at_ms,
-                          size=item.truncated_from or None)
+        dead = DeadLetter(
+            item.source, item.address, item.payload, reason, item.received_at_ms, size=item.truncated_from or None
+        )
         digest = hashlib.blake2b(item.address.encode() + b"\0" + item.payload, digest_size=16).digest()
         try:
             self._attempt_decoded([(item, digest, Normalized([], dead, None))])
         except Exception:
-            logger.exception("committer: cannot even dead-letter a message on %s; it stays unacknowledged",
-                             item.address[:200])
+            logger.exception(
+                "committer: cannot even dead-letter a message on %s; it stays unacknowledged", item.address[:200]
+            )
 
     def _attempt_decoded(self, decoded: list[tuple[RawMessage, bytes, Normalized]]) -> None:
         backoff = Backoff(0.5, 10.0, jitter=0.0)
@@ -409,11 +430,18 @@ class Committer:
         raws = [it for it in items if isinstance(it, RawMessage)]
         jobs = [it for it in items if isinstance(it, _Job)]
         blake = hashlib.blake2b
-        decoded = [(raw, blake(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest(),
-                    self.normalizer.normalize(raw)) for raw in raws]
+        decoded = [
+            (
+                raw,
+                blake(raw.address.encode() + b"\0" + raw.payload, digest_size=16).digest(),
+                self.normalizer.normalize(raw),
+            )
+            for raw in raws
+        ]
         urgent = [d for d in decoded if any(r.urgent for r in d[2].readings)]
-        urgent_jobs = [j for j in jobs if j.fn is not None or (j.batch is not None and
-                                                               any(r.urgent for r in j.batch.readings))]
+        urgent_jobs = [
+            j for j in jobs if j.fn is not None or (j.batch is not None and any(r.urgent for r in j.batch.readings))
+        ]
         if (urgent or urgent_jobs) and (len(urgent) < len(decoded) or len(urgent_jobs) < len(jobs)):
             self._commit(urgent, urgent_jobs, False)
             done = {id(d[0]) for d in urgent} | {id(j) for j in urgent_jobs}
@@ -483,8 +511,9 @@ class Committer:
             future = self._future_ms
             store.update_state([r for r in readings if r.ts_ms - r.received_at_ms <= future], seen)
             store.insert_dead(dead)
-            store.add_counters({"messages": accepted, "duplicates": duplicates, "dead_letters": len(dead),
-                                "readings": new})
+            store.add_counters(
+                {"messages": accepted, "duplicates": duplicates, "dead_letters": len(dead), "readings": new}
+            )
             self.hooks.on_readings(store, readings, now_ms)
             for batch in polls:
                 if batch.status:
@@ -555,9 +584,11 @@ class Committer:
     def _prune(self, now_ms: int) -> None:
         day = 86_400_000
         r = self._retention
-        n = self.store.prune(readings_before_ms=now_ms - int(r.readings_days * day),
-                             messages_before_ms=now_ms - int(r.messages_days * day),
-                             dead_before_ms=now_ms - int(r.dead_letters_days * day),
-                             dead_max_rows=r.dead_letters_max_rows)
+        n = self.store.prune(
+            readings_before_ms=now_ms - int(r.readings_days * day),
+            messages_before_ms=now_ms - int(r.messages_days * day),
+            dead_before_ms=now_ms - int(r.dead_letters_days * day),
+            dead_max_rows=r.dead_letters_max_rows,
+        )
         if n:
             logger.info("retention: pruned %d old rows", n)

@@ -30,9 +30,15 @@ logger = logging.getLogger(__name__)
 
 
 class WorkflowHooks(Hooks):
-    def __init__(self, catalog: Catalog, health: Health, *, destinations: Sequence[str] = (),
-                 snapshot_every_s: float = 5.0, on_records: Callable[[list[Transition]], None] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        health: Health,
+        *,
+        destinations: Sequence[str] = (),
+        snapshot_every_s: float = 5.0,
+        on_records: Callable[[list[Transition]], None] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.health = health
         self.engine = RuleEngine(catalog)
@@ -65,16 +71,18 @@ class WorkflowHooks(Hooks):
         if fires or hazards:
             logger.info("workflow: %d open fire events and %d open hazards reloaded", len(fires), len(hazards))
 
-    def _emit(self, store: Store, effects: list[Effect], now_ms: int, extra: list[Transition] | None = None
-              ) -> list[Transition]:
+    def _emit(
+        self, store: Store, effects: list[Effect], now_ms: int, extra: list[Transition] | None = None
+    ) -> list[Transition]:
         for e in effects:
             if isinstance(e, TestRecord):
                 self.counts["test_records"] += 1
                 logger.info("test record: %s/%s %s %s (%s)", e.site_id, e.device_id, e.metric, e.rule, e.reason)
             elif isinstance(e, ShieldLog):
                 self.counts["shield_logs"] += 1
-                logger.info("shield: %s %s/%s %s by %s: %s", e.action, e.site_id, e.device_id, e.point or "*",
-                            e.actor, e.reason)
+                logger.info(
+                    "shield: %s %s/%s %s by %s: %s", e.action, e.site_id, e.device_id, e.point or "*", e.actor, e.reason
+                )
         records = self.workflow.apply(effects, now_ms) if effects else []
         if extra:
             records += extra
@@ -88,13 +96,20 @@ class WorkflowHooks(Hooks):
         for rec in records:
             if rec.kind == "fire_event" and rec.type == "resolved":
                 snap = rec.snapshot
-                more = self.engine.on_fire_resolved(snap["site_id"], snap["device_id"],
-                                                    str(snap.get("resolution")), now_ms)
+                more = self.engine.on_fire_resolved(
+                    snap["site_id"], snap["device_id"], str(snap.get("resolution")), now_ms
+                )
                 if more:
                     self._write(store, self.workflow.apply(more, now_ms), now_ms)
             if rec.type in ("opened", "escalated"):  # logged once committed (a rolled-back one never was)
-                self._pending_logs.append((rec.kind, rec.type, rec.subject_id,
-                                           str(rec.snapshot.get("title_en") or rec.snapshot.get("device_id"))))
+                self._pending_logs.append(
+                    (
+                        rec.kind,
+                        rec.type,
+                        rec.subject_id,
+                        str(rec.snapshot.get("title_en") or rec.snapshot.get("device_id")),
+                    )
+                )
         if self._on_records is not None:
             self._on_records(records)
 
@@ -159,8 +174,17 @@ class WorkflowHooks(Hooks):
             self.engine = RuleEngine(catalog)
         self.workflow._catalog = catalog
 
-    def set_override(self, store: Store, site_id: str, code: str | None, reason: str, actor: str,
-                     until_ms: int | None, stop_business: bool, now_ms: int) -> dict[str, Any]:
+    def set_override(
+        self,
+        store: Store,
+        site_id: str,
+        code: str | None,
+        reason: str,
+        actor: str,
+        until_ms: int | None,
+        stop_business: bool,
+        now_ms: int,
+    ) -> dict[str, Any]:
         from dataclasses import asdict
 
         from gateway.hazards.codes import CodeOverride, clear_override, set_override
@@ -175,8 +199,15 @@ class WorkflowHooks(Hooks):
             rec = clear_override(CodeOverride(**current), actor, reason, now_ms)
             ws.set_override(site_id, None)
         else:
-            ov, rec = set_override(site_id, code, reason, actor, now_ms,  # type: ignore[arg-type]
-                                   until_ms=until_ms, stop_business=stop_business)
+            ov, rec = set_override(
+                site_id,
+                code,  # type: ignore[arg-type]
+                reason,
+                actor,
+                now_ms,
+                until_ms=until_ms,
+                stop_business=stop_business,
+            )
             ws.set_override(site_id, asdict(ov))
         self._write(store, [rec], now_ms)
         return rec.to_dict()
@@ -186,20 +217,50 @@ class WorkflowHooks(Hooks):
 
         ws = WorkflowStore(store.conn)
         ws.record_inspection(site_id, now_ms, actor)
-        self._write(store, [Transition(new_id(), "site", site_id, "inspected", now_ms, actor, note,
-                                          {"site_id": site_id, "inspected_at_ms": now_ms})], now_ms)
+        self._write(
+            store,
+            [
+                Transition(
+                    new_id(),
+                    "site",
+                    site_id,
+                    "inspected",
+                    now_ms,
+                    actor,
+                    note,
+                    {"site_id": site_id, "inspected_at_ms": now_ms},
+                )
+            ],
+            now_ms,
+        )
 
     # ------------------------------------------------------------------ people's actions
 
-    def act(self, store: Store, kind: str, subject_id: str, action: str, actor: str, note: str,
-            params: dict[str, Any], now_ms: int) -> list[Transition]:
+    def act(
+        self,
+        store: Store,
+        kind: str,
+        subject_id: str,
+        action: str,
+        actor: str,
+        note: str,
+        params: dict[str, Any],
+        now_ms: int,
+    ) -> list[Transition]:
         """A person's action; raises TransitionError (nothing written) when not allowed."""
         self._load(store)
         if kind not in ("fire_event", "hazard"):
             from gateway.errors import TransitionError
 
             raise TransitionError(f"unknown kind {kind!r}")
-        records = self.workflow.act(kind, subject_id, action, actor, now_ms=now_ms, note=note,  # type: ignore[arg-type]
-                                    **params)
+        records = self.workflow.act(
+            kind,  # type: ignore[arg-type]
+            subject_id,
+            action,
+            actor,
+            now_ms=now_ms,
+            note=note,
+            **params,
+        )
         self._write(store, records, now_ms)
         return records

@@ -72,15 +72,25 @@ class Gateway:
             from gateway.runtime.hooks import WorkflowHooks
 
             hooks = self.workflow = WorkflowHooks(
-                self.catalog, self.health, destinations=notifier.destinations() if notifier else ())
+                self.catalog, self.health, destinations=notifier.destinations() if notifier else ()
+            )
         committer = self.committer = Committer(
-            store=store, catalog=self.catalog, health=self.health, inbox_size=s.pipeline.inbox_size,
-            max_batch=s.pipeline.max_batch, tick_s=s.pipeline.tick_s, hooks=hooks,
-            max_payload_bytes=s.pipeline.max_payload_bytes, max_clock_skew_s=s.pipeline.max_clock_skew_s,
-            retention=RetentionPolicy(readings_days=s.store.retention_days, messages_days=s.store.dedup_days,
-                                      dead_letters_days=s.store.dead_letter_days,
-                                      dead_letters_max_rows=int(s.store.dead_letter_max_mb * 1_048_576
-                                                                // DEAD_LETTER_ROW_BYTES)))
+            store=store,
+            catalog=self.catalog,
+            health=self.health,
+            inbox_size=s.pipeline.inbox_size,
+            max_batch=s.pipeline.max_batch,
+            tick_s=s.pipeline.tick_s,
+            hooks=hooks,
+            max_payload_bytes=s.pipeline.max_payload_bytes,
+            max_clock_skew_s=s.pipeline.max_clock_skew_s,
+            retention=RetentionPolicy(
+                readings_days=s.store.retention_days,
+                messages_days=s.store.dedup_days,
+                dead_letters_days=s.store.dead_letter_days,
+                dead_letters_max_rows=int(s.store.dead_letter_max_mb * 1_048_576 // DEAD_LETTER_ROW_BYTES),
+            ),
+        )
         for wakeable in (notifier, forwarder):
             if wakeable is not None:
                 committer.on_commit.append(wakeable.wake)
@@ -94,8 +104,13 @@ class Gateway:
         try:
             subs = committer.normalizer.subscriptions
             if s.mqtt.enabled and subs:
-                self.mqtt = MqttSource(s.mqtt, subscriptions=subs, sink=committer, health=self.health,
-                                       max_payload_bytes=s.pipeline.max_payload_bytes)
+                self.mqtt = MqttSource(
+                    s.mqtt,
+                    subscriptions=subs,
+                    sink=committer,
+                    health=self.health,
+                    max_payload_bytes=s.pipeline.max_payload_bytes,
+                )
                 committer.register_source(self.mqtt.name, self.mqtt.ack)
                 await asyncio.to_thread(self.mqtt.start)
                 logger.info("mqtt: subscribed to %s", ", ".join(subs))
@@ -108,8 +123,12 @@ class Gateway:
             for name, factory in services.items():
                 tasks[name] = asyncio.create_task(factory(), name=name)
             self.ready.set()
-            logger.info("firegw: ready (%d sites, %d devices, %d profiles)", len(self.catalog.sites),
-                        len(self.catalog.devices), len(self.catalog.profiles))
+            logger.info(
+                "firegw: ready (%d sites, %d devices, %d profiles)",
+                len(self.catalog.sites),
+                len(self.catalog.devices),
+                len(self.catalog.profiles),
+            )
             await self._supervise(stop, services, tasks)
         finally:
             if self.api is not None:
@@ -128,7 +147,8 @@ class Gateway:
 
     def _modbus_source(self, committer: Committer) -> Callable[[], Coroutine[Any, Any, None]] | None:
         has_modbus = any(p.transport == "modbus" for p in self.catalog.profiles.values()) and any(
-            d.modbus is not None for d in self.catalog.inventory.devices)
+            d.modbus is not None for d in self.catalog.inventory.devices
+        )
         if not has_modbus:
             return None
         from gateway.sources.modbus import ModbusSource
@@ -160,13 +180,15 @@ class Gateway:
 
         hooks = self.workflow
 
-        async def act(kind: str, subject_id: str, action: str, actor: str, note: str,
-                      params: dict[str, Any]) -> list[dict[str, Any]]:
+        async def act(
+            kind: str, subject_id: str, action: str, actor: str, note: str, params: dict[str, Any]
+        ) -> list[dict[str, Any]]:
             from gateway.store.workflow import event_body
 
             def fn(store: Store) -> list[dict[str, Any]]:
                 now = int(time.time() * 1000)
                 return [event_body(r) for r in hooks.act(store, kind, subject_id, action, actor, note, params, now)]
+
             result: list[dict[str, Any]] = await asyncio.wrap_future(committer.call(fn))
             return result
 
@@ -175,21 +197,41 @@ class Gateway:
         async def admin(op: str, args: dict[str, Any]) -> Any:
             now = int(time.time() * 1000)
             if op == "override":
-                return await asyncio.wrap_future(committer.call(lambda store: hooks.set_override(
-                    store, args["site_id"], args["code"], args["reason"], args["actor"], args["until_ms"],
-                    args["stop_business"], now)))
+                return await asyncio.wrap_future(
+                    committer.call(
+                        lambda store: hooks.set_override(
+                            store,
+                            args["site_id"],
+                            args["code"],
+                            args["reason"],
+                            args["actor"],
+                            args["until_ms"],
+                            args["stop_business"],
+                            now,
+                        )
+                    )
+                )
             if op == "inspection":
-                return await asyncio.wrap_future(committer.call(lambda store: hooks.record_inspection(
-                    store, args["site_id"], args["actor"], args["note"], now)))
+                return await asyncio.wrap_future(
+                    committer.call(
+                        lambda store: hooks.record_inspection(store, args["site_id"], args["actor"], args["note"], now)
+                    )
+                )
             if op == "activate_profile":  # on the gateway's own loop (the API runs on a loop of its own)
-                fut = asyncio.run_coroutine_threadsafe(self.activate_profile(args["name"], args["yaml"], args["actor"]),
-                                                       main_loop)
+                fut = asyncio.run_coroutine_threadsafe(
+                    self.activate_profile(args["name"], args["yaml"], args["actor"]), main_loop
+                )
                 return await asyncio.wrap_future(fut)
             raise ValueError(op)
 
-        ctx = ApiContext(settings=self.settings, health=self.health, catalog=lambda: self.catalog,
-                         act=act if hooks is not None else None, admin=admin if hooks is not None else None,
-                         static_dir=Path(__file__).resolve().parent.parent / "dashboard")
+        ctx = ApiContext(
+            settings=self.settings,
+            health=self.health,
+            catalog=lambda: self.catalog,
+            act=act if hooks is not None else None,
+            admin=admin if hooks is not None else None,
+            static_dir=Path(__file__).resolve().parent.parent / "dashboard",
+        )
         return ApiServer(ctx)
 
     async def activate_profile(self, name: str, text: str, actor: str) -> None:
@@ -221,8 +263,12 @@ class Gateway:
         if self.mqtt is not None:
             await asyncio.to_thread(self.mqtt.resubscribe, committer.normalizer.subscriptions)
 
-    async def _supervise(self, stop: asyncio.Event, services: dict[str, Callable[[], Coroutine[Any, Any, None]]],
-                         tasks: dict[str, asyncio.Task[None]]) -> None:
+    async def _supervise(
+        self,
+        stop: asyncio.Event,
+        services: dict[str, Callable[[], Coroutine[Any, Any, None]]],
+        tasks: dict[str, asyncio.Task[None]],
+    ) -> None:
         """Wait for ``stop``. A service task that ends with an error is restarted with backoff (and
         shown failing in health meanwhile); one stage failing never stops the others."""
         restart_at: dict[str, float] = {}
@@ -237,7 +283,8 @@ class Gateway:
                 exc = None if task.cancelled() else task.exception()
                 delay = backoffs[name].next()
                 self.health.stage(f"service:{name}").fail(
-                    f"{name} ended ({exc!r}); restarting in {delay:.0f} s" if exc else f"{name} ended; restarting")
+                    f"{name} ended ({exc!r}); restarting in {delay:.0f} s" if exc else f"{name} ended; restarting"
+                )
                 if exc is not None:
                     logger.error("%s failed; restarting in %.1f s", name, delay, exc_info=exc)
                 restart_at[name] = now + delay

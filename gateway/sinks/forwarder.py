@@ -123,13 +123,16 @@ HISTORY_EVERY_S = 1.0  # where a cursor stands is remembered at most this often 
 HISTORY_SLACK_S = 60.0  # history kept beyond resend_window_s
 HISTORY_PRUNE_EVERY_S = 30.0
 
-_COLUMNS = ", ".join(f"r.{c}" for c in ("seq", "device_id", "metric", "ts", "value", "quality", "received_at",
-                                          "site_id", "urgent"))
+_COLUMNS = ", ".join(
+    f"r.{c}" for c in ("seq", "device_id", "metric", "ts", "value", "quality", "received_at", "site_id", "urgent")
+)
 #: One lane's next readings as (seq, device_id, line) with the line built by SQLite (NULL: Python
 #: encodes that row from its columns). Three columns, not ten: per-row Python objects are the cost.
-_READ_SQL = (f"SELECT r.seq, r.device_id, {sql_line('r', 't')} FROM readings r LEFT JOIN temp.fw_tags t "
-             "ON t.device_id = r.device_id AND t.metric = r.metric AND t.site_id = r.site_id "
-             "WHERE r.urgent = ? AND r.seq > ? ORDER BY r.seq LIMIT ?")
+_READ_SQL = (
+    f"SELECT r.seq, r.device_id, {sql_line('r', 't')} FROM readings r LEFT JOIN temp.fw_tags t "
+    "ON t.device_id = r.device_id AND t.metric = r.metric AND t.site_id = r.site_id "
+    "WHERE r.urgent = ? AND r.seq > ? ORDER BY r.seq LIMIT ?"
+)
 _SCHEMA_NEEDED = 6  # v6: sink_history, sink_instances
 
 
@@ -208,10 +211,19 @@ class Forwarder:
     ``run()`` it does nothing. ``run()`` works until cancelled.
     """
 
-    def __init__(self, *, settings: InfluxSettings, catalog: Catalog, store_path: Path, health: Health,
-                 name: str = "influx", start: Literal["earliest", "latest"] = "earliest",
-                 sink: InfluxSink | None = None, backoff_min_s: float = BACKOFF_MIN_S,
-                 backoff_max_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        *,
+        settings: InfluxSettings,
+        catalog: Catalog,
+        store_path: Path,
+        health: Health,
+        name: str = "influx",
+        start: Literal["earliest", "latest"] = "earliest",
+        sink: InfluxSink | None = None,
+        backoff_min_s: float = BACKOFF_MIN_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
         if not name or ":" in name:
             raise ConfigError(f"forwarder name {name!r}: must be non-empty, without ':'")
         self.settings = settings
@@ -279,8 +291,14 @@ class Forwarder:
             await self._thread(self._init_cursors, dbs[0])
             self._sink.open()
             self._loop = asyncio.get_running_loop()
-            logger.info("%s: forwarding from seq %d (urgent %d) to %s (api %s)", self.name, self._cursor,
-                        self._urgent_cursor, self.settings.url, self.settings.api)
+            logger.info(
+                "%s: forwarding from seq %d (urgent %d) to %s (api %s)",
+                self.name,
+                self._cursor,
+                self._urgent_cursor,
+                self.settings.url,
+                self.settings.api,
+            )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._lane(self._bulk_lane, dbs[0]), name=f"{self.name}-bulk")
                 tg.create_task(self._lane(self._urgent_lane, dbs[1]), name=f"{self.name}-urgent")
@@ -338,8 +356,9 @@ class Forwarder:
             raise ConfigError(f"{self.store_path}: store.path: cannot open the store: {exc}") from exc
         if row is None or int(row[0]) < _SCHEMA_NEEDED:
             conn.close()
-            raise ConfigError(f"{self.store_path}: store.path: schema older than v{_SCHEMA_NEEDED}; "
-                              "run firegw once to migrate it")
+            raise ConfigError(
+                f"{self.store_path}: store.path: schema older than v{_SCHEMA_NEEDED}; run firegw once to migrate it"
+            )
         return conn
 
     def _cursor_name(self, urgent: bool) -> str:
@@ -352,8 +371,9 @@ class Forwarder:
             first = head if self._start == "latest" else 0
             for urgent in (False, True):
                 sink = self._cursor_name(urgent)
-                if db.execute("INSERT OR IGNORE INTO sink_cursors (sink, seq, updated_at) VALUES (?, ?, ?)",
-                              (sink, first, now)).rowcount:
+                if db.execute(
+                    "INSERT OR IGNORE INTO sink_cursors (sink, seq, updated_at) VALUES (?, ?, ?)", (sink, first, now)
+                ).rowcount:
                     record_cursor(db, sink, 0, first)  # a new cursor: nothing was confirmed before, ever
                 seq = int(db.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (sink,)).fetchone()[0])
                 record_cursor(db, sink, now, seq)  # where this run starts: an anchor for the next rewind
@@ -373,9 +393,11 @@ class Forwarder:
         """(Re)fill this connection's temp table of tag prefixes from the catalog."""
         version = self._tags_version
         encoder = self._encoder
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS fw_tags (device_id TEXT NOT NULL, metric TEXT NOT NULL, "
-                   "site_id TEXT NOT NULL, prefix TEXT NOT NULL, kind INTEGER NOT NULL, "
-                   "PRIMARY KEY (device_id, metric, site_id)) WITHOUT ROWID")
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS fw_tags (device_id TEXT NOT NULL, metric TEXT NOT NULL, "
+            "site_id TEXT NOT NULL, prefix TEXT NOT NULL, kind INTEGER NOT NULL, "
+            "PRIMARY KEY (device_id, metric, site_id)) WITHOUT ROWID"
+        )
         with _tx(db, "DEFERRED"):
             db.execute("DELETE FROM temp.fw_tags")
             db.executemany("INSERT OR REPLACE INTO temp.fw_tags VALUES (?,?,?,?,?)", encoder.prefixes())
@@ -395,8 +417,7 @@ class Forwarder:
             for row in rows:
                 line = row[2]
                 if line is None:  # not in the catalog, a string, or not a finite number: Python decides
-                    full: Row = db.execute(f"SELECT {_COLUMNS} FROM readings r WHERE r.seq = ?",
-                                           (row[0],)).fetchone()
+                    full: Row = db.execute(f"SELECT {_COLUMNS} FROM readings r WHERE r.seq = ?", (row[0],)).fetchone()
                     try:
                         line = encode(full)
                     except (ValueError, TypeError) as exc:
@@ -411,22 +432,38 @@ class Forwarder:
         batch.scanned_to = int(rows[-1][0]) if len(rows) == limit else max(after, int(head))
         return batch
 
-    def _confirm(self, db: sqlite3.Connection, cursor_name: str, seq: int, batch: _Batch,
-                 rejected: list[RejectedLines], note: _Note | None = None) -> None:
+    def _confirm(
+        self,
+        db: sqlite3.Connection,
+        cursor_name: str,
+        seq: int,
+        batch: _Batch,
+        rejected: list[RejectedLines],
+        note: _Note | None = None,
+    ) -> None:
         """Advance a cursor after the sink confirmed; dead-letter what it refused; remember where the
         cursor stands when ``note`` says so. One transaction."""
         now = int(time.time() * 1000)
         dead = [(now, "influx", self.name, batch.rows[r.index][1], r.reason, r.line.encode()) for r in rejected]
-        dead += [(now, "influx", self.name, row[1], r.reason, r.line.encode())
-                 for row, r in zip(batch.bad_rows, batch.bad, strict=True)]
+        dead += [
+            (now, "influx", self.name, row[1], r.reason, r.line.encode())
+            for row, r in zip(batch.bad_rows, batch.bad, strict=True)
+        ]
         with _tx(db):
             if dead:
-                db.executemany("INSERT INTO dead_letters (at, source, address, device_id, reason, payload) "
-                               "VALUES (?,?,?,?,?,?)", dead)
-                db.execute("INSERT INTO counters VALUES ('forward_rejected', ?) ON CONFLICT(name) DO UPDATE "
-                           "SET value = value + excluded.value", (len(dead),))
-            db.execute("UPDATE sink_cursors SET seq = ?, updated_at = ? WHERE sink = ? AND seq < ?",
-                       (seq, now, cursor_name, seq))
+                db.executemany(
+                    "INSERT INTO dead_letters (at, source, address, device_id, reason, payload) VALUES (?,?,?,?,?,?)",
+                    dead,
+                )
+                db.execute(
+                    "INSERT INTO counters VALUES ('forward_rejected', ?) ON CONFLICT(name) DO UPDATE "
+                    "SET value = value + excluded.value",
+                    (len(dead),),
+                )
+            db.execute(
+                "UPDATE sink_cursors SET seq = ?, updated_at = ? WHERE sink = ? AND seq < ?",
+                (seq, now, cursor_name, seq),
+            )
             if note is not None:
                 record_cursor(db, cursor_name, now, seq)
                 if note.prune_before_ms is not None:
@@ -462,8 +499,10 @@ class Forwarder:
                 high = max(self._high[urgent], cursor_high(db, name))
                 history = cursor_history(db, name, cutoff_ms)
                 target, complete = rewind_point(history, cutoff_ms, high, high if low is None else int(low) - 1)
-                n = db.execute("SELECT count(*) FROM readings WHERE urgent = ? AND seq > ? AND seq <= ?",
-                               (int(urgent), target, high)).fetchone()[0]
+                n = db.execute(
+                    "SELECT count(*) FROM readings WHERE urgent = ? AND seq > ? AND seq <= ?",
+                    (int(urgent), target, high),
+                ).fetchone()[0]
                 plans[urgent] = _Plan(target, int(n), complete, history[0][0] if history else None)
         return plans
 
@@ -487,7 +526,8 @@ class Forwarder:
         avg = db.execute(
             "SELECT avg(2 * length(device_id) + 2 * length(metric) + length(unit) + length(quality) "
             "+ length(site_id) + CASE typeof(value) WHEN 'text' THEN length(value) WHEN 'blob' THEN length(value) "
-            "ELSE 8 END) FROM (SELECT * FROM readings ORDER BY seq DESC LIMIT 1000)").fetchone()[0]
+            "ELSE 8 END) FROM (SELECT * FROM readings ORDER BY seq DESC LIMIT 1000)"
+        ).fetchone()[0]
         row_bytes = float(avg or 0.0) + ROW_OVERHEAD_BYTES
         size = count * row_bytes
         if size <= limit:
@@ -499,10 +539,14 @@ class Forwarder:
             n = db.execute(
                 "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE urgent = 0 AND seq > ? "
                 "AND seq < (SELECT max(seq) FROM readings) ORDER BY seq LIMIT ?)",
-                (max(protect_upto, bulk_high), excess)).rowcount
+                (max(protect_upto, bulk_high), excess),
+            ).rowcount
             if n:
-                db.execute("INSERT INTO counters VALUES ('evicted', ?) ON CONFLICT(name) DO UPDATE "
-                           "SET value = value + excluded.value", (n,))
+                db.execute(
+                    "INSERT INTO counters VALUES ('evicted', ?) ON CONFLICT(name) DO UPDATE "
+                    "SET value = value + excluded.value",
+                    (n,),
+                )
         return n, size / 1_048_576
 
     # ------------------------------------------------------------------ health
@@ -523,8 +567,12 @@ class Forwarder:
     def _confirmed(self) -> None:
         if self._up is not True:
             if self._up is False:
-                logger.info("%s: sink back after %.1f s; backlog %d readings", self.name,
-                            time.monotonic() - self._down_since, max(0, self._head - self._cursor))
+                logger.info(
+                    "%s: sink back after %.1f s; backlog %d readings",
+                    self.name,
+                    time.monotonic() - self._down_since,
+                    max(0, self._head - self._cursor),
+                )
             self._stage.set_connected(True)
         self._up = True
 
@@ -533,12 +581,21 @@ class Forwarder:
         if n:
             self._evicted_total += n
             self._stage.count("evicted", n)
-            self._evicting.failed("%s: backlog %.1f MB is over influx.max_backlog_mb %.1f: evicting the oldest bulk "
-                                  "readings (urgent ones are kept)", self.name, mb, self.settings.max_backlog_mb)
+            self._evicting.failed(
+                "%s: backlog %.1f MB is over influx.max_backlog_mb %.1f: evicting the oldest bulk "
+                "readings (urgent ones are kept)",
+                self.name,
+                mb,
+                self.settings.max_backlog_mb,
+            )
             logger.debug("%s: evicted %d bulk readings", self.name, n)
         else:
-            self._evicting.recovered("%s: backlog %.1f MB is under the bound again; %d bulk readings evicted so far",
-                                     self.name, mb, self._evicted_total)
+            self._evicting.recovered(
+                "%s: backlog %.1f MB is under the bound again; %d bulk readings evicted so far",
+                self.name,
+                mb,
+                self._evicted_total,
+            )
 
     # ------------------------------------------------------------------ the database's own restarts
 
@@ -580,8 +637,12 @@ class Forwarder:
                 continue
             failing.reset()
             if inst.identity is None:
-                if blind.failed("%s: cannot tell when the database restarts (%s): readings it acknowledged shortly "
-                                "before a crash of its own would not be re-sent", self.name, inst.detail):
+                if blind.failed(
+                    "%s: cannot tell when the database restarts (%s): readings it acknowledged shortly "
+                    "before a crash of its own would not be re-sent",
+                    self.name,
+                    inst.detail,
+                ):
                     self._stage.last_error = f"database restarts not detectable: {inst.detail}"
                 known, pause = False, UNKNOWN_RETRY_S
                 continue
@@ -603,10 +664,19 @@ class Forwarder:
         short = ""
         oldest = [p.since_ms for p in plans.values() if not p.complete and p.since_ms is not None]
         if oldest:
-            short = (f" (its history reaches back only {max(0.0, (self._seen_at_ms - min(oldest)) / 1000):.0f} s "
-                     "before it was last seen)")
-        logger.warning("%s: database restarted (%s, was %s), re-sending %d readings from the last %g s%s",
-                       self.name, identity, self._identity, n, window, short)
+            short = (
+                f" (its history reaches back only {max(0.0, (self._seen_at_ms - min(oldest)) / 1000):.0f} s "
+                "before it was last seen)"
+            )
+        logger.warning(
+            "%s: database restarted (%s, was %s), re-sending %d readings from the last %g s%s",
+            self.name,
+            identity,
+            self._identity,
+            n,
+            window,
+            short,
+        )
         self._stage.count("database_restarts")
         self._stage.count("resent", n)
         self._rewinds = {urgent: p.target for urgent, p in plans.items()}
@@ -617,8 +687,9 @@ class Forwarder:
 
     # ------------------------------------------------------------------ lanes
 
-    async def _send(self, batch: _Batch, backoff: Backoff,
-                    on_wait: Callable[[], Awaitable[None]] | None) -> list[RejectedLines]:
+    async def _send(
+        self, batch: _Batch, backoff: Backoff, on_wait: Callable[[], Awaitable[None]] | None
+    ) -> list[RejectedLines]:
         """Write one batch until the sink confirms; returns what it rejected."""
         while True:
             try:
@@ -687,8 +758,7 @@ class Forwarder:
             self._head = max(self._head, batch.head)
             if not len(batch):
                 if batch.scanned_to > cursor() and time.monotonic() - last_idle_commit >= IDLE_CURSOR_EVERY_S:
-                    await self._thread(self._confirm, db, cursor_name, batch.scanned_to, batch, [],
-                                       self._note(urgent))
+                    await self._thread(self._confirm, db, cursor_name, batch.scanned_to, batch, [], self._note(urgent))
                     advance(batch.scanned_to)
                     last_idle_commit = time.monotonic()
                     if not urgent:
@@ -706,8 +776,9 @@ class Forwarder:
             # ship it; while it is in flight, read and encode the next one (a backlog is likely)
             prefetch: asyncio.Future[_Batch] | None = None
             if full:
-                prefetch = asyncio.ensure_future(self._thread(self._read, db, flag, batch.scanned_to, s.batch_size,
-                                                              None))
+                prefetch = asyncio.ensure_future(
+                    self._thread(self._read, db, flag, batch.scanned_to, s.batch_size, None)
+                )
             protect = batch.scanned_to  # the batch in flight is never evicted
 
             async def while_down(protect: int = protect) -> None:
@@ -727,14 +798,17 @@ class Forwarder:
                 if prefetch is not None:
                     prefetch.cancel()
                 raise
-            await self._thread(self._confirm, db, cursor_name, batch.scanned_to, batch, rejected,
-                               self._note(urgent))
+            await self._thread(self._confirm, db, cursor_name, batch.scanned_to, batch, rejected, self._note(urgent))
             advance(batch.scanned_to)
             if rejected or batch.bad:
                 self._stage.count("rejected", len(rejected) + len(batch.bad))
-                logger.warning("%s: %d %sreadings rejected by the database, dead-lettered (first: %s)", self.name,
-                               len(rejected) + len(batch.bad), "urgent " if urgent else "",
-                               (rejected or batch.bad)[0].reason)
+                logger.warning(
+                    "%s: %d %sreadings rejected by the database, dead-lettered (first: %s)",
+                    self.name,
+                    len(rejected) + len(batch.bad),
+                    "urgent " if urgent else "",
+                    (rejected or batch.bad)[0].reason,
+                )
             self._stage.count("urgent_forwarded" if urgent else "forwarded", len(batch.lines) - len(rejected))
             self._head = max(self._head, batch.head)
             if not urgent:
@@ -753,15 +827,20 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m gateway.sinks.forwarder", description=main.__doc__)
     ap.add_argument("--config", type=Path, default=None)
-    ap.add_argument("--start", choices=["earliest", "latest"], default="earliest",
-                    help="where a sink seen for the first time starts")
+    ap.add_argument(
+        "--start",
+        choices=["earliest", "latest"],
+        default="earliest",
+        help="where a sink seen for the first time starts",
+    )
     args = ap.parse_args(argv)
     try:
         settings = load_settings(args.config)
         setup_logging(settings.log_level)  # credentials redacted; httpx's line per request held back
         catalog = load_catalog(settings.profiles_dir, settings.inventory)
-        fwd = Forwarder(settings=settings.influx, catalog=catalog, store_path=settings.store.path, health=Health(),
-                        start=args.start)
+        fwd = Forwarder(
+            settings=settings.influx, catalog=catalog, store_path=settings.store.path, health=Health(), start=args.start
+        )
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)  # noqa: T201
         return 2
@@ -785,4 +864,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

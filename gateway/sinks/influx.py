@@ -142,11 +142,15 @@ class LineEncoder:
             kind = _TYPE_KIND[point.type]
         else:  # not (or no longer) in the catalog: go by the stored value's type
             kind = _STR if isinstance(value, str) else _FLOAT if isinstance(value, float) else _INT
-        tags = {"device": device_id, "metric": metric, "site": site_id,
-                "profile": dev.profile if dev is not None else "",
-                "town": site.town if site is not None else "",
-                "grid_cell": site.grid_cell if site is not None else "",
-                "domain": site.domain if site is not None else ""}
+        tags = {
+            "device": device_id,
+            "metric": metric,
+            "site": site_id,
+            "profile": dev.profile if dev is not None else "",
+            "town": site.town if site is not None else "",
+            "grid_cell": site.grid_cell if site is not None else "",
+            "domain": site.domain if site is not None else "",
+        }
         measurement = escape_measurement(profile.kind if profile is not None else UNKNOWN_MEASUREMENT)
         tagset = ",".join(f"{k}={escape_tag(v)}" for k, v in sorted(tags.items()) if v)
         return f"{measurement},{tagset} {_FIELD[kind]}=", kind
@@ -196,11 +200,13 @@ def sql_line(reading: str, tags: str) -> str:
     r, t = reading, tags
     quality = " ".join(f"WHEN '{k}' THEN {v}" for k, v in QUALITY_CODES.items())
     number = f"typeof({r}.value) IN ('integer', 'real')"
-    return (f"CASE WHEN {t}.kind = {_FLOAT} AND {number} AND abs({r}.value) <= 1.7976931348623157e308 "
-            f"THEN {t}.prefix || printf('%!.17g', {r}.value) "
-            f"WHEN {t}.kind = {_INT} AND {number} THEN {t}.prefix || CAST({r}.value AS INTEGER) || 'i' END "
-            f"|| ',quality=' || CASE {r}.quality {quality} ELSE {QUALITY_OTHER} END "
-            f"|| 'i,received_at=' || {r}.received_at || 'i ' || {r}.ts")
+    return (
+        f"CASE WHEN {t}.kind = {_FLOAT} AND {number} AND abs({r}.value) <= 1.7976931348623157e308 "
+        f"THEN {t}.prefix || printf('%!.17g', {r}.value) "
+        f"WHEN {t}.kind = {_INT} AND {number} THEN {t}.prefix || CAST({r}.value AS INTEGER) || 'i' END "
+        f"|| ',quality=' || CASE {r}.quality {quality} ELSE {QUALITY_OTHER} END "
+        f"|| 'i,received_at=' || {r}.received_at || 'i ' || {r}.ts"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +244,13 @@ class _Prober:
         self._name = name
         headers = {"Authorization": f"Token {s.token}"} if s.token else {}
         auth = (s.username, s.password or "") if s.username else None
-        self._client = httpx.Client(base_url=(s.url or "").rstrip("/"), headers=headers, auth=auth,
-                                    timeout=min(s.timeout_s, PROBE_TIMEOUT_S), verify=_verify(s))
+        self._client = httpx.Client(
+            base_url=(s.url or "").rstrip("/"),
+            headers=headers,
+            auth=auth,
+            timeout=min(s.timeout_s, PROBE_TIMEOUT_S),
+            verify=_verify(s),
+        )
         methods = [self._debug_vars, self._ready, self._metrics]
         if s.api == "v2":
             methods = [self._ready, self._metrics, self._debug_vars]
@@ -261,8 +272,9 @@ class _Prober:
                 tried.append(str(exc))
                 continue
             except httpx.HTTPError as exc:
-                raise SinkUnavailable(f"identity probe: cannot reach the database: {type(exc).__name__}: {exc}",
-                                      sink=self._name) from exc
+                raise SinkUnavailable(
+                    f"identity probe: cannot reach the database: {type(exc).__name__}: {exc}", sink=self._name
+                ) from exc
             except OSError as exc:
                 raise SinkUnavailable(f"identity probe: cannot reach the database: {exc}", sink=self._name) from exc
             except SinkUnavailable:
@@ -295,7 +307,7 @@ class _Prober:
             for n, line in enumerate(lines):
                 text = line.strip().rstrip(",")
                 if text.startswith('"system":'):
-                    started = _json_field(text[len('"system":'):], "started")
+                    started = _json_field(text[len('"system":') :], "started")
                     if started:
                         return f"GET /debug/vars system.started={started}"
                     break
@@ -362,9 +374,15 @@ class _V2Transport:
         self._org = s.org or ""
         self._bucket = s.bucket
         ctx = _verify(s)
-        self._client = InfluxDBClient(url=s.url or "", token=token, org=self._org, timeout=int(s.timeout_s * 1000),
-                                      enable_gzip=False, verify_ssl=s.tls.verify,
-                                      ssl_context=ctx if isinstance(ctx, ssl.SSLContext) else None)
+        self._client = InfluxDBClient(
+            url=s.url or "",
+            token=token,
+            org=self._org,
+            timeout=int(s.timeout_s * 1000),
+            enable_gzip=False,
+            verify_ssl=s.tls.verify,
+            ssl_context=ctx if isinstance(ctx, ssl.SSLContext) else None,
+        )
         if not (s.tls.verify and s.tls.check_hostname):  # urllib3 checks the name itself unless told not to
             self._client.api_client.rest_client.pool_manager.connection_pool_kw["assert_hostname"] = False
         self._service = WriteService(self._client.api_client)  # type: ignore[no-untyped-call]
@@ -375,9 +393,14 @@ class _V2Transport:
 
         kwargs: dict[str, Any] = {"content_encoding": "gzip"} if gzipped else {}
         try:
-            self._service.post_write(org=self._org, bucket=self._bucket, body=body, precision="ms",
-                                     content_type="text/plain; charset=utf-8",
-                                     **kwargs)  # type: ignore[no-untyped-call]
+            self._service.post_write(
+                org=self._org,
+                bucket=self._bucket,
+                body=body,
+                precision="ms",
+                content_type="text/plain; charset=utf-8",
+                **kwargs,
+            )  # type: ignore[no-untyped-call]
         except ApiException as exc:
             headers: Any = exc.headers or {}
             raw = exc.body
@@ -407,8 +430,9 @@ class _V1Transport:
         if s.token:
             headers["Authorization"] = f"Token {s.token}"
         auth = (s.username, s.password or "") if s.username else None
-        self._client = httpx.Client(base_url=(s.url or "").rstrip("/"), headers=headers, auth=auth,
-                                    timeout=s.timeout_s, verify=_verify(s))
+        self._client = httpx.Client(
+            base_url=(s.url or "").rstrip("/"), headers=headers, auth=auth, timeout=s.timeout_s, verify=_verify(s)
+        )
         self._params = {"db": s.bucket, "precision": "ms"}
 
     def post(self, body: bytes, gzipped: bool) -> tuple[int, str, str | None]:
@@ -516,9 +540,13 @@ class InfluxSink:
         if kind is HttpClass.REJECT:
             return f"HTTP {status}: {text}"
         if status in (401, 403):  # HttpClass.FIX from here: an operator must act, nothing is thrown away
-            raise SinkUnavailable(f"HTTP {status}: credentials refused (check influx.token/username): {text}",
-                                  sink=self.name, retry_after=retry_after(wait))
+            raise SinkUnavailable(
+                f"HTTP {status}: credentials refused (check influx.token/username): {text}",
+                sink=self.name,
+                retry_after=retry_after(wait),
+            )
         if status == 404:
-            raise SinkUnavailable(f"HTTP 404: no such database/bucket {self.settings.bucket!r} or endpoint: {text}",
-                                  sink=self.name)
+            raise SinkUnavailable(
+                f"HTTP 404: no such database/bucket {self.settings.bucket!r} or endpoint: {text}", sink=self.name
+            )
         raise SinkUnavailable(f"unexpected answer HTTP {status}: {text}", sink=self.name)

@@ -565,9 +565,7 @@ class _Link:
             if st.online is False:
                 continue
             st.online = False
-            batch.status.append(
-                DeviceStatusChange(st.device_id, "unreachable", now_ms, reason, self.spec.name)
-            )
+            batch.status.append(DeviceStatusChange(st.device_id, "unreachable", now_ms, reason, self.spec.name))
             batch.readings.extend(self._missing(st, now_ms, t))
         await self._queue.put((batch, []))
 
@@ -622,8 +620,9 @@ class _Link:
         else:
             self._busy_by = late.st
             self._stage.count("late_windows_passed")
-            logger.debug("%s: no late answer from %s within %g s", self.spec.name, late.st.device_id,
-                         self.spec.late_answer_s)
+            logger.debug(
+                "%s: no late answer from %s within %g s", self.spec.name, late.st.device_id, self.spec.late_answer_s
+            )
 
     async def _read(self, block: ReadBlock, unit: int, timeout: float) -> ModbusPDU:
         client = self._client
@@ -681,8 +680,9 @@ class _Link:
             if code in _GATEWAY_NO_TARGET:
                 return _Answer("timeout", reason=f"gateway reports {text}")
             where = f"{block.table} {block.address + st.binding.address_base}"
-            return _Answer("exception", reason=f"device answered {text} to a read of {block.count} at {where}",
-                           code=code)
+            return _Answer(
+                "exception", reason=f"device answered {text} to a read of {block.count} at {where}", code=code
+            )
         if rsp.function_code != fc:
             return _Answer("error", reason=f"answer with function {rsp.function_code} to a read with function {fc}")
         data: Sequence[int] | Sequence[bool] = rsp.bits[: block.count] if block.is_bits else rsp.registers
@@ -787,8 +787,16 @@ class _Link:
             last = st.last.get(u.point.name)
             if last is not None and last.quality is not Quality.MISSING:
                 batch.readings.append(
-                    self._reading(st, u.point.point.unit, u.point.name, u.point.point_class, last.value,
-                                  Quality.MISSING, now_ms, urgent=False)
+                    self._reading(
+                        st,
+                        u.point.point.unit,
+                        u.point.name,
+                        u.point.point_class,
+                        last.value,
+                        Quality.MISSING,
+                        now_ms,
+                        urgent=False,
+                    )
                 )
                 last.quality, last.at = Quality.MISSING, now
         if not changed:
@@ -799,17 +807,14 @@ class _Link:
             logger.warning("%s: unit %s (%s): %s", self.spec.name, st.binding.unit, st.device_id, text)
             batch.status.append(DeviceStatusChange(st.device_id, "points_unreadable", now_ms, text, None))
         else:
-            logger.info("%s: unit %s (%s): every point can be read again", self.spec.name, st.binding.unit,
-                        st.device_id)
+            logger.info(
+                "%s: unit %s (%s): every point can be read again", self.spec.name, st.binding.unit, st.device_id
+            )
             batch.status.append(DeviceStatusChange(st.device_id, "points_readable", now_ms, "", None))
 
-    def _device_failed(
-        self, st: _DeviceState, reason: str, batch: PollBatch, now_ms: int, now: float
-    ) -> None:
+    def _device_failed(self, st: _DeviceState, reason: str, batch: PollBatch, now_ms: int, now: float) -> None:
         if st.online is not False:
-            logger.warning(
-                "%s: unit %s (%s) unreachable: %s", self.spec.name, st.binding.unit, st.device_id, reason
-            )
+            logger.warning("%s: unit %s (%s) unreachable: %s", self.spec.name, st.binding.unit, st.device_id, reason)
             batch.status.append(DeviceStatusChange(st.device_id, "unreachable", now_ms, reason, None))
             batch.readings.extend(self._missing(st, now_ms, now))
             st.online = False
@@ -841,9 +846,7 @@ class _Link:
             for rp, res in decode_block(block, data):
                 if isinstance(res, DecodeError):
                     off = rp.address - block.address
-                    self._dead_letter(
-                        batch.dead, st, block, rp.address, data[off : off + rp.width], str(res), now
-                    )
+                    self._dead_letter(batch.dead, st, block, rp.address, data[off : off + rp.width], str(res), now)
                     continue
                 if st.dead_at:
                     st.dead_at.pop((rp.table, rp.address, 0), None)
@@ -867,9 +870,7 @@ class _Link:
                         last.quality, last.at = Quality.MISSING, now
                     continue
                 changed = (
-                    last is None
-                    or last.quality is not res.quality
-                    or _moved(value, last.value, rp.point.deadband)
+                    last is None or last.quality is not res.quality or _moved(value, last.value, rp.point.deadband)
                 )
                 if changed or (last is not None and now - last.at >= keepalive):
                     batch.readings.append(
@@ -902,9 +903,7 @@ class _Link:
         *,
         urgent: bool,
     ) -> Reading:
-        return Reading(
-            st.device.site_id, st.device_id, name, value, unit, now_ms, now_ms, quality, pclass, urgent
-        )
+        return Reading(st.device.site_id, st.device_id, name, value, unit, now_ms, now_ms, quality, pclass, urgent)
 
     def _missing(self, st: _DeviceState, now_ms: int, now: float) -> list[Reading]:
         """The last-known values of a device that stopped answering, flagged missing (once)."""
@@ -967,9 +966,7 @@ class _Link:
                 except Exception as exc:  # the store's failure must not stop polling
                     self._stage.count("commit_errors")
                     if not self._commit_failing:
-                        logger.error(
-                            "%s: commit failed, values will be re-sent: %s", self.spec.name, exc, exc_info=exc
-                        )
+                        logger.error("%s: commit failed, values will be re-sent: %s", self.spec.name, exc, exc_info=exc)
                         self._commit_failing = True
                     for st in states:
                         st.last.clear()

@@ -49,15 +49,28 @@ _KEEP_OVERSIZE = 4096
 
 logger = logging.getLogger(__name__)
 
-_AUTH_CODES = {"Bad user name or password", "Not authorized", "Bad username or password",
-               "Client identifier not valid", "Banned"}
+_AUTH_CODES = {
+    "Bad user name or password",
+    "Not authorized",
+    "Bad username or password",
+    "Client identifier not valid",
+    "Banned",
+}
 
 
 class _PahoReceiver:
     """paho in this process: subscribes to the profiles' topic patterns and feeds a sink."""
 
-    def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
-                 name: str = "mqtt", max_payload_bytes: int = 262_144) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        subscriptions: list[str],
+        sink: RawSink,
+        health: Health,
+        name: str = "mqtt",
+        max_payload_bytes: int = 262_144,
+    ) -> None:
         if not subscriptions:
             raise ValueError("no topic to subscribe to: no MQTT profile is loaded")
         self.name = name
@@ -80,9 +93,17 @@ class _PahoReceiver:
     def _build(self) -> Any:
         s = self._settings
         try:
-            client = build_client(section="mqtt", client_id=s.client_id, protocol=s.protocol, username=s.username,
-                                  password=s.password, secure=s.secure, tls=s.tls, reconnect=self._reconnect,
-                                  manual_ack=True)
+            client = build_client(
+                section="mqtt",
+                client_id=s.client_id,
+                protocol=s.protocol,
+                username=s.username,
+                password=s.password,
+                secure=s.secure,
+                tls=s.tls,
+                reconnect=self._reconnect,
+                manual_ack=True,
+            )
         except ConfigError as exc:
             raise AuthenticationFailed(str(exc), source=self.name) from exc
         client.max_queued_messages_set(0)
@@ -115,14 +136,15 @@ class _PahoReceiver:
         try:
             client.connect(s.host, s.port, **kwargs)
         except ssl.SSLCertVerificationError as exc:
-            raise AuthenticationFailed(f"broker {s.host}:{s.port}: certificate does not verify: "
-                                       f"{exc.verify_message or exc}", source=self.name) from exc
+            raise AuthenticationFailed(
+                f"broker {s.host}:{s.port}: certificate does not verify: {exc.verify_message or exc}", source=self.name
+            ) from exc
         except ssl.SSLError as exc:
-            raise AuthenticationFailed(f"broker {s.host}:{s.port}: TLS handshake failed: {exc}",
-                                       source=self.name) from exc
+            raise AuthenticationFailed(
+                f"broker {s.host}:{s.port}: TLS handshake failed: {exc}", source=self.name
+            ) from exc
         except OSError as exc:
-            logger.warning("mqtt: broker %s:%s not reachable yet (%s); retrying in the background",
-                           s.host, s.port, exc)
+            logger.warning("mqtt: broker %s:%s not reachable yet (%s); retrying in the background", s.host, s.port, exc)
             self._stage.set_connected(False, f"connect failed: {exc}")
             client.connect_async(s.host, s.port, **kwargs)
         client.loop_start()
@@ -156,8 +178,9 @@ class _PahoReceiver:
         on a reconnect with the session present does not replay them (retained messages that do
         arrive are taken as state once: see the committer)."""
         if self._settings.protocol == "5":
-            return [(t, SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
-                    for t in topics]
+            return [
+                (t, SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)) for t in topics
+            ]
         return [(t, 1) for t in topics]
 
     # ------------------------------------------------------------------ acknowledgements
@@ -188,8 +211,7 @@ class _PahoReceiver:
             return
         self._ever_connected = True
         session = bool(getattr(flags, "session_present", False))
-        logger.info("mqtt: connected to %s:%s (session present: %s)", self._settings.host,
-                    self._settings.port, session)
+        logger.info("mqtt: connected to %s:%s (session present: %s)", self._settings.host, self._settings.port, session)
         client.subscribe(self._topics(self._subscriptions))
         self._stage.set_connected(True)
         self._first_result.set()
@@ -224,13 +246,12 @@ class _PahoReceiver:
         truncated = 0
         if size > self._max_payload:  # keep the first bytes only: it is a dead letter, never data
             payload, truncated = payload[:_KEEP_OVERSIZE], size
-        raw = RawMessage(self.name, topic, payload, int(time.time() * 1000), (msg.mid, msg.qos), msg.dup,
-                         bool(msg.retain), truncated)
+        raw = RawMessage(
+            self.name, topic, payload, int(time.time() * 1000), (msg.mid, msg.qos), msg.dup, bool(msg.retain), truncated
+        )
         if self._sink.put(raw):
             self.received += 1
             self._stage.beat()
-
-
 
 
 # ---------------------------------------------------------------------------- receiver process
@@ -252,8 +273,18 @@ class _BatchSink:
         token = raw.token
         assert isinstance(token, tuple)
         with self.lock:
-            self.pending.append((raw.address, raw.payload, int(token[0]), int(token[1]), raw.redelivered,
-                                 raw.received_at_ms, raw.retained, raw.truncated_from))
+            self.pending.append(
+                (
+                    raw.address,
+                    raw.payload,
+                    int(token[0]),
+                    int(token[1]),
+                    raw.redelivered,
+                    raw.received_at_ms,
+                    raw.retained,
+                    raw.truncated_from,
+                )
+            )
         return True
 
     def take(self) -> list[tuple[str, bytes, int, int, bool, int, bool, int]]:
@@ -262,8 +293,9 @@ class _BatchSink:
         return out
 
 
-def _child_main(settings_json: str, subscriptions: list[str], name: str, data: Connection, ctl: Connection,
-                max_payload_bytes: int) -> None:
+def _child_main(
+    settings_json: str, subscriptions: list[str], name: str, data: Connection, ctl: Connection, max_payload_bytes: int
+) -> None:
     """The receiver process: paho, a flusher sending batches to the gateway, and its commands."""
     import pickle
 
@@ -271,8 +303,9 @@ def _child_main(settings_json: str, subscriptions: list[str], name: str, data: C
     settings = MqttSettings.model_validate_json(settings_json)
     health = Health()
     sink = _BatchSink()
-    receiver = _PahoReceiver(settings, subscriptions=subscriptions, sink=sink, health=health, name=name,
-                             max_payload_bytes=max_payload_bytes)
+    receiver = _PahoReceiver(
+        settings, subscriptions=subscriptions, sink=sink, health=health, name=name, max_payload_bytes=max_payload_bytes
+    )
     send_lock = threading.Lock()
 
     def send(obj: object) -> None:
@@ -330,8 +363,16 @@ class MqttSource:
     :meth:`ack`, which tells the receiver process to send the PUBACKs.
     """
 
-    def __init__(self, settings: MqttSettings, *, subscriptions: list[str], sink: RawSink, health: Health,
-                 name: str = "mqtt", max_payload_bytes: int = 262_144) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        subscriptions: list[str],
+        sink: RawSink,
+        health: Health,
+        name: str = "mqtt",
+        max_payload_bytes: int = 262_144,
+    ) -> None:
         if not subscriptions:
             raise ValueError("no topic to subscribe to: no MQTT profile is loaded")
         self.name = name
@@ -354,9 +395,19 @@ class MqttSource:
         data_parent, data_child = ctx.Pipe(duplex=False)
         ctl_child, ctl_parent = ctx.Pipe(duplex=False)
         self._data, self._ctl = data_parent, ctl_parent
-        self._proc = ctx.Process(target=_child_main, name=f"firegw-{self.name}-receiver", daemon=True,
-                                 args=(self._settings.model_dump_json(), self._subscriptions, self.name, data_child,
-                                       ctl_child, self._max_payload))
+        self._proc = ctx.Process(
+            target=_child_main,
+            name=f"firegw-{self.name}-receiver",
+            daemon=True,
+            args=(
+                self._settings.model_dump_json(),
+                self._subscriptions,
+                self.name,
+                data_child,
+                ctl_child,
+                self._max_payload,
+            ),
+        )
         self._proc.start()
         data_child.close()
         ctl_child.close()

@@ -145,8 +145,15 @@ class StoreConflict(FiregwError):
     the write would have changed a closed hazard or a resolved fire event.
     """
 
-    def __init__(self, message: str, *, kind: str, subject_id: str, key: tuple[str, ...] | None = None,
-                 existing: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        subject_id: str,
+        key: tuple[str, ...] | None = None,
+        existing: dict[str, Any] | None = None,
+    ) -> None:
         self.kind = kind
         self.subject_id = subject_id
         self.key = key
@@ -179,8 +186,9 @@ def _json(obj: Any) -> Jsonb:
     return Jsonb(obj, dumps=_dumps)
 
 
-def connect(conninfo: str, *, autocommit: bool = True, connect_timeout: float = 10.0,
-            **kwargs: Any) -> psycopg.Connection[TupleRow]:
+def connect(
+    conninfo: str, *, autocommit: bool = True, connect_timeout: float = 10.0, **kwargs: Any
+) -> psycopg.Connection[TupleRow]:
     """Open a connection; raises :class:`~gateway.errors.SinkUnavailable` when the server cannot be reached.
 
     Autocommit by default: reads see what the group has committed and hold nothing open; wrap each
@@ -188,8 +196,12 @@ def connect(conninfo: str, *, autocommit: bool = True, connect_timeout: float = 
     """
     with _wrapped("connect"):
         conn: psycopg.Connection[TupleRow] = psycopg.connect(
-            conninfo, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)), row_factory=tuple_row,
-            **kwargs)
+            conninfo,
+            autocommit=autocommit,
+            connect_timeout=max(1, int(connect_timeout)),
+            row_factory=tuple_row,
+            **kwargs,
+        )
         return conn
 
 
@@ -205,12 +217,16 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > PG_SCHEMA_VERSION:
-            raise ConfigError(f"hazard store: schema version {version} is newer than this firegw "
-                              f"({PG_SCHEMA_VERSION}); upgrade firegw")
+            raise ConfigError(
+                f"hazard store: schema version {version} is newer than this firegw "
+                f"({PG_SCHEMA_VERSION}); upgrade firegw"
+            )
         for v in range(version, PG_SCHEMA_VERSION):
             cur.execute(PG_MIGRATIONS[v])
-        cur.execute("INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE SET "
-                    "value = excluded.value", (str(PG_SCHEMA_VERSION),))
+        cur.execute(
+            "INSERT INTO meta VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(PG_SCHEMA_VERSION),),
+        )
         return PG_SCHEMA_VERSION
 
 
@@ -260,18 +276,27 @@ class PgWorkflowStore:
     def _write_one(self, cur: psycopg.Cursor[TupleRow], rec: Transition, destinations: Sequence[str]) -> None:
         snap = rec.snapshot
         data = _json(snap)
-        new = cur.execute("INSERT INTO workflow_events (event_id, kind, subject_id, type, at, actor, note, snapshot) "
-                          "VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-                          (rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note,
-                           data)).fetchone()
+        new = cur.execute(
+            "INSERT INTO workflow_events (event_id, kind, subject_id, type, at, actor, note, snapshot) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+            (rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note, data),
+        ).fetchone()
         if new is not None:  # not a replay: move the subject row
             if rec.kind == "fire_event":
                 moved = cur.execute(
                     "INSERT INTO fire_events VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (fire_event_id) DO UPDATE "
                     "SET state = excluded.state, updated_at = excluded.updated_at, data = excluded.data "
                     "WHERE fire_events.state <> 'resolved' RETURNING 1",
-                    (rec.subject_id, snap["site_id"], snap["device_id"], snap["state"], snap["opened_at_ms"],
-                     rec.at_ms, data)).fetchone()
+                    (
+                        rec.subject_id,
+                        snap["site_id"],
+                        snap["device_id"],
+                        snap["state"],
+                        snap["opened_at_ms"],
+                        rec.at_ms,
+                        data,
+                    ),
+                ).fetchone()
                 if moved is None:
                     raise self._terminal_conflict(rec, "resolved")
             elif rec.kind == "hazard":
@@ -279,52 +304,82 @@ class PgWorkflowStore:
                     "INSERT INTO hazards VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (hazard_id) DO UPDATE "
                     "SET state = excluded.state, severity = excluded.severity, updated_at = excluded.updated_at, "
                     "data = excluded.data WHERE hazards.state <> 'closed' RETURNING 1",
-                    (rec.subject_id, snap["site_id"], snap["device_id"], snap["rule"], snap["state"],
-                     snap["severity"], snap["opened_at_ms"], rec.at_ms, data)).fetchone()
+                    (
+                        rec.subject_id,
+                        snap["site_id"],
+                        snap["device_id"],
+                        snap["rule"],
+                        snap["state"],
+                        snap["severity"],
+                        snap["opened_at_ms"],
+                        rec.at_ms,
+                        data,
+                    ),
+                ).fetchone()
                 if moved is None:
                     raise self._terminal_conflict(rec, "closed")
         if destinations:
             body = _json(event_body(rec))
-            cur.executemany("INSERT INTO outbox (destination, event_id, subject, body, created_at) "
-                            "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (destination, event_id) DO NOTHING",
-                            [(d, rec.event_id, f"{rec.kind}:{rec.subject_id}", body, rec.at_ms)
-                             for d in destinations])
+            cur.executemany(
+                "INSERT INTO outbox (destination, event_id, subject, body, created_at) "
+                "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (destination, event_id) DO NOTHING",
+                [(d, rec.event_id, f"{rec.kind}:{rec.subject_id}", body, rec.at_ms) for d in destinations],
+            )
 
     def _terminal_conflict(self, rec: Transition, state: str) -> StoreConflict:
         # still inside the write's savepoint: reading is fine, raising rolls the batch back
-        return StoreConflict(f"{rec.kind} {rec.subject_id} is already {state}: {rec.type} record {rec.event_id} "
-                             "comes from a stale copy; reload the open rows and apply again",
-                             kind=rec.kind, subject_id=rec.subject_id, existing=self.subject(rec.kind, rec.subject_id))
+        return StoreConflict(
+            f"{rec.kind} {rec.subject_id} is already {state}: {rec.type} record {rec.event_id} "
+            "comes from a stale copy; reload the open rows and apply again",
+            kind=rec.kind,
+            subject_id=rec.subject_id,
+            existing=self.subject(rec.kind, rec.subject_id),
+        )
 
     def _open_key_conflict(self, rec: Transition) -> StoreConflict:
         snap = rec.snapshot
         key = (str(snap["site_id"]), str(snap["device_id"]), str(snap["rule"]))
         existing: dict[str, Any] | None = None
         try:  # the savepoint is rolled back; under READ COMMITTED this sees the winner's row
-            rows = self._rows("SELECT data FROM hazards WHERE site_id = %s AND device_id = %s AND rule = %s "
-                              "AND state <> 'closed'", key)
+            rows = self._rows(
+                "SELECT data FROM hazards WHERE site_id = %s AND device_id = %s AND rule = %s AND state <> 'closed'",
+                key,
+            )
             existing = dict(rows[0][0]) if rows else None
         except FiregwError:
             existing = None
         held = f" by hazard {existing['hazard_id']}" if existing else ""
-        return StoreConflict(f"hazard key {'/'.join(key)} is already held open{held}: hazard {rec.subject_id} "
-                             "not written; reload the open rows and apply again",
-                             kind="hazard", subject_id=rec.subject_id, key=key, existing=existing)
+        return StoreConflict(
+            f"hazard key {'/'.join(key)} is already held open{held}: hazard {rec.subject_id} "
+            "not written; reload the open rows and apply again",
+            kind="hazard",
+            subject_id=rec.subject_id,
+            key=key,
+            existing=existing,
+        )
 
     def save_rule_state(self, snapshot: dict[str, Any], at_ms: int) -> None:
-        self._exec("INSERT INTO rule_state VALUES (%s, %s, %s) ON CONFLICT (scope) DO UPDATE SET at = excluded.at, "
-                   "snapshot = excluded.snapshot", (self.rule_state_scope, at_ms, _json(snapshot)))
+        self._exec(
+            "INSERT INTO rule_state VALUES (%s, %s, %s) ON CONFLICT (scope) DO UPDATE SET at = excluded.at, "
+            "snapshot = excluded.snapshot",
+            (self.rule_state_scope, at_ms, _json(snapshot)),
+        )
 
     def set_override(self, site_id: str, data: dict[str, Any] | None) -> None:
         if data is None:
             self._exec("DELETE FROM site_overrides WHERE site_id = %s", (site_id,))
         else:
-            self._exec("INSERT INTO site_overrides VALUES (%s, %s) ON CONFLICT (site_id) DO UPDATE SET "
-                       "data = excluded.data", (site_id, _json(data)))
+            self._exec(
+                "INSERT INTO site_overrides VALUES (%s, %s) ON CONFLICT (site_id) DO UPDATE SET data = excluded.data",
+                (site_id, _json(data)),
+            )
 
     def record_inspection(self, site_id: str, at_ms: int, actor: str) -> None:
-        self._exec("INSERT INTO site_inspections VALUES (%s, %s, %s) ON CONFLICT (site_id) DO UPDATE SET "
-                   "at = excluded.at, actor = excluded.actor", (site_id, at_ms, actor))
+        self._exec(
+            "INSERT INTO site_inspections VALUES (%s, %s, %s) ON CONFLICT (site_id) DO UPDATE SET "
+            "at = excluded.at, actor = excluded.actor",
+            (site_id, at_ms, actor),
+        )
 
     # ------------------------------------------------------------------ reads
 
@@ -337,8 +392,9 @@ class PgWorkflowStore:
         hazards = [dict(r[0]) for r in self._rows("SELECT data FROM hazards WHERE state <> 'closed'")]
         return fires, hazards
 
-    def fire_events(self, *, open_only: bool = False, site_id: str | None = None,
-                    limit: int = 1000) -> list[dict[str, Any]]:
+    def fire_events(
+        self, *, open_only: bool = False, site_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         sql: LiteralString = "SELECT data FROM fire_events WHERE true"
         args: list[Any] = []
         if open_only:
@@ -349,8 +405,9 @@ class PgWorkflowStore:
         sql += " ORDER BY opened_at DESC, fire_event_id LIMIT %s"
         return [dict(r[0]) for r in self._rows(sql, [*args, limit])]
 
-    def hazards(self, *, open_only: bool = False, site_id: str | None = None,
-                limit: int = 1000) -> list[dict[str, Any]]:
+    def hazards(
+        self, *, open_only: bool = False, site_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         sql: LiteralString = "SELECT data FROM hazards WHERE true"
         args: list[Any] = []
         if open_only:
@@ -369,8 +426,11 @@ class PgWorkflowStore:
         return dict(rows[0][0]) if rows else None
 
     def trail(self, kind: str, subject_id: str) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT event_id, type, at, actor, note FROM workflow_events WHERE kind = %s AND "
-                          "subject_id = %s ORDER BY seq", (kind, subject_id))
+        rows = self._rows(
+            "SELECT event_id, type, at, actor, note FROM workflow_events WHERE kind = %s AND "
+            "subject_id = %s ORDER BY seq",
+            (kind, subject_id),
+        )
         return [{"event_id": r[0], "type": r[1], "at": iso(int(r[2])), "actor": r[3], "note": r[4]} for r in rows]
 
     def overrides(self) -> dict[str, dict[str, Any]]:
@@ -382,7 +442,8 @@ class PgWorkflowStore:
     def counts(self) -> dict[str, int]:
         [(hazards_open, events_open)] = self._rows(
             "SELECT (SELECT count(*) FROM hazards WHERE state <> 'closed'), "
-            "(SELECT count(*) FROM fire_events WHERE state <> 'resolved')")
+            "(SELECT count(*) FROM fire_events WHERE state <> 'resolved')"
+        )
         return {"hazards_open": int(hazards_open), "events_open": int(events_open)}
 
     def last_seq(self) -> int:
@@ -391,7 +452,11 @@ class PgWorkflowStore:
         return int(seq)
 
     def events_since(self, seq: int, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
-        rows = self._rows("SELECT seq, event_id, kind, subject_id, type, at, actor, note, snapshot "
-                          "FROM workflow_events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
-        return [(int(r[0]), event_body(Transition(r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], dict(r[8]))))
-                for r in rows]
+        rows = self._rows(
+            "SELECT seq, event_id, kind, subject_id, type, at, actor, note, snapshot "
+            "FROM workflow_events WHERE seq > %s ORDER BY seq LIMIT %s",
+            (seq, limit),
+        )
+        return [
+            (int(r[0]), event_body(Transition(r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], dict(r[8])))) for r in rows
+        ]

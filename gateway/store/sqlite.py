@@ -149,15 +149,19 @@ class Store:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise ConfigError(f"{self.path}: store.path: schema version {version} is newer than this "
-                              f"firegw ({SCHEMA_VERSION}); upgrade firegw")
+            raise ConfigError(
+                f"{self.path}: store.path: schema version {version} is newer than this "
+                f"firegw ({SCHEMA_VERSION}); upgrade firegw"
+            )
         for v in range(version, SCHEMA_VERSION):
             script = MIGRATIONS[v]
             if v == 0:
                 script = script.replace("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);", "")
             try:
-                conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n"
-                                   f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{v + 1}');\nCOMMIT;")
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\n"
+                    f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{v + 1}');\nCOMMIT;"
+                )
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -179,9 +183,11 @@ class Store:
 
     def recent_message_ids(self, limit: int) -> list[bytes]:
         """The newest ``limit`` message ids, oldest first (the committer's redelivery window)."""
-        rows = self.conn.execute("SELECT hash FROM message_log WHERE rowid > "
-                                 "coalesce((SELECT max(rowid) FROM message_log), 0) - ? ORDER BY rowid",
-                                 (limit,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT hash FROM message_log WHERE rowid > "
+            "coalesce((SELECT max(rowid) FROM message_log), 0) - ? ORDER BY rowid",
+            (limit,),
+        ).fetchall()
         return [bytes(r[0]) for r in rows]
 
     def record_messages(self, rows: Sequence[tuple[bytes, int, int]]) -> None:
@@ -196,8 +202,21 @@ class Store:
         cur = self.conn.executemany(
             "INSERT OR IGNORE INTO readings (device_id, metric, ts, value, unit, quality, received_at, site_id,"
             " urgent) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(r.device_id, r.metric, r.ts_ms, r.value, r.unit, r.quality.value, r.received_at_ms, r.site_id,
-              1 if r.urgent else 0) for r in readings])
+            [
+                (
+                    r.device_id,
+                    r.metric,
+                    r.ts_ms,
+                    r.value,
+                    r.unit,
+                    r.quality.value,
+                    r.received_at_ms,
+                    r.site_id,
+                    1 if r.urgent else 0,
+                )
+                for r in readings
+            ],
+        )
         return cur.rowcount
 
     def update_state(self, readings: Sequence[Reading], seen: dict[str, tuple[str, int]]) -> None:
@@ -212,13 +231,15 @@ class Store:
                 "INSERT INTO latest VALUES (?,?,?,?,?,?) ON CONFLICT(device_id, metric) DO UPDATE SET "
                 "value=excluded.value, unit=excluded.unit, ts=excluded.ts, quality=excluded.quality "
                 "WHERE excluded.ts >= latest.ts",
-                [(r.device_id, r.metric, r.value, r.unit, r.ts_ms, r.quality.value) for r in last.values()])
+                [(r.device_id, r.metric, r.value, r.unit, r.ts_ms, r.quality.value) for r in last.values()],
+            )
         if seen:
             self.conn.executemany(
                 "INSERT INTO devices (device_id, site_id, first_seen, last_seen) VALUES (?,?,?,?) "
                 "ON CONFLICT(device_id) DO UPDATE SET last_seen=max(last_seen, excluded.last_seen), "
                 "site_id=excluded.site_id",
-                [(dev, site, ms, ms) for dev, (site, ms) in seen.items()])
+                [(dev, site, ms, ms) for dev, (site, ms) in seen.items()],
+            )
 
     def set_status(self, changes: Iterable[DeviceStatusChange], sites: dict[str, str]) -> None:
         """Reachability (online / unreachable); point readability goes to the rules only (a hazard)."""
@@ -230,8 +251,17 @@ class Store:
                 "status_reason, link) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET "
                 "status=excluded.status, status_since=excluded.status_since, "
                 "status_reason=excluded.status_reason, link=excluded.link",
-                (ch.device_id, sites.get(ch.device_id, ""), ch.at_ms, ch.at_ms if ch.status == "online" else 0,
-                 ch.status, ch.at_ms, ch.reason, ch.link))
+                (
+                    ch.device_id,
+                    sites.get(ch.device_id, ""),
+                    ch.at_ms,
+                    ch.at_ms if ch.status == "online" else 0,
+                    ch.status,
+                    ch.at_ms,
+                    ch.reason,
+                    ch.link,
+                ),
+            )
 
     def insert_dead(self, dead: Sequence[DeadLetter]) -> None:
         """Dead letters keep the first :data:`DEAD_LETTER_KEEP_BYTES` of a payload, its real size and
@@ -240,9 +270,20 @@ class Store:
             self.conn.executemany(
                 "INSERT INTO dead_letters (at, source, address, device_id, reason, payload, size, digest) "
                 "VALUES (?,?,?,?,?,?,?,?)",
-                [(d.received_at_ms, d.source[:100], d.address[:DEAD_LETTER_KEEP_BYTES], d.device_id, d.reason[:1000],
-                  d.payload[:DEAD_LETTER_KEEP_BYTES], d.size if d.size is not None else len(d.payload),
-                  hashlib.sha256(d.payload).hexdigest() if d.size is None else None) for d in dead])
+                [
+                    (
+                        d.received_at_ms,
+                        d.source[:100],
+                        d.address[:DEAD_LETTER_KEEP_BYTES],
+                        d.device_id,
+                        d.reason[:1000],
+                        d.payload[:DEAD_LETTER_KEEP_BYTES],
+                        d.size if d.size is not None else len(d.payload),
+                        hashlib.sha256(d.payload).hexdigest() if d.size is None else None,
+                    )
+                    for d in dead
+                ],
+            )
 
     def retained_taken(self, topics: Iterable[str]) -> dict[str, bytes]:
         """The id of the retained message last taken on each of ``topics``."""
@@ -256,18 +297,29 @@ class Store:
     def record_retained(self, rows: Sequence[tuple[str, bytes, int]]) -> None:
         """Remember (topic, message id, ms) of retained messages taken as state."""
         if rows:
-            self.conn.executemany("INSERT INTO retained VALUES (?,?,?) ON CONFLICT(topic) DO UPDATE SET "
-                                  "hash=excluded.hash, at=excluded.at", rows)
+            self.conn.executemany(
+                "INSERT INTO retained VALUES (?,?,?) ON CONFLICT(topic) DO UPDATE SET "
+                "hash=excluded.hash, at=excluded.at",
+                rows,
+            )
 
     def add_counters(self, deltas: dict[str, int]) -> None:
         items = [(k, v) for k, v in deltas.items() if v]
         if items:
             self.conn.executemany(
                 "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                items)
+                items,
+            )
 
-    def prune(self, *, readings_before_ms: int, messages_before_ms: int, dead_before_ms: int,
-              limit: int = 50_000, dead_max_rows: int | None = None) -> int:
+    def prune(
+        self,
+        *,
+        readings_before_ms: int,
+        messages_before_ms: int,
+        dead_before_ms: int,
+        limit: int = 50_000,
+        dead_max_rows: int | None = None,
+    ) -> int:
         """Delete old rows (retention), at most ``limit`` per table per call; returns rows deleted.
 
         ``dead_max_rows`` also bounds the dead letters by number (so by size: each keeps at most
@@ -276,17 +328,27 @@ class Store:
         n = 0
         with self.transaction() as c:
             # never a reading a sink has not confirmed, and never the newest row (its seq must not be reused)
-            n += c.execute("DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE ts < ? AND "
-                           "seq < (SELECT max(seq) FROM readings) AND "
-                           "seq <= coalesce((SELECT min(seq) FROM sink_cursors), 9223372036854775807) LIMIT ?)",
-                           (readings_before_ms, limit)).rowcount
-            n += c.execute("DELETE FROM message_log WHERE rowid IN (SELECT rowid FROM message_log WHERE "
-                           "received_at < ? ORDER BY rowid LIMIT ?)", (messages_before_ms, limit)).rowcount
-            n += c.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE at < ? "
-                           "LIMIT ?)", (dead_before_ms, limit)).rowcount
+            n += c.execute(
+                "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE ts < ? AND "
+                "seq < (SELECT max(seq) FROM readings) AND "
+                "seq <= coalesce((SELECT min(seq) FROM sink_cursors), 9223372036854775807) LIMIT ?)",
+                (readings_before_ms, limit),
+            ).rowcount
+            n += c.execute(
+                "DELETE FROM message_log WHERE rowid IN (SELECT rowid FROM message_log WHERE "
+                "received_at < ? ORDER BY rowid LIMIT ?)",
+                (messages_before_ms, limit),
+            ).rowcount
+            n += c.execute(
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE at < ? LIMIT ?)",
+                (dead_before_ms, limit),
+            ).rowcount
             if dead_max_rows is not None:
-                n += c.execute("DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC "
-                               "LIMIT 1 OFFSET ?)", (dead_max_rows,)).rowcount
+                n += c.execute(
+                    "DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC "
+                    "LIMIT 1 OFFSET ?)",
+                    (dead_max_rows,),
+                ).rowcount
         return n
 
     # ------------------------------------------------------------------ reads
@@ -320,10 +382,19 @@ class Store:
             return 0
         return int(self.conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (row[0],)).fetchone()[0])
 
-    def readings(self, device_id: str, *, metric: str | None = None, since_ms: int | None = None,
-                 until_ms: int | None = None, limit: int = 1000) -> list[StoredReading]:
-        sql = ("SELECT seq, site_id, device_id, metric, value, unit, ts, received_at, quality, urgent "
-               "FROM readings WHERE device_id = ?")
+    def readings(
+        self,
+        device_id: str,
+        *,
+        metric: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[StoredReading]:
+        sql = (
+            "SELECT seq, site_id, device_id, metric, value, unit, ts, received_at, quality, urgent "
+            "FROM readings WHERE device_id = ?"
+        )
         args: list[Any] = [device_id]
         if metric is not None:
             sql += " AND metric = ?"
@@ -337,11 +408,11 @@ class Store:
         sql += " ORDER BY ts DESC, metric LIMIT ?"
         args.append(limit)
         rows = self.conn.execute(sql, args).fetchall()
-        return [StoredReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
-                for r in reversed(rows)]
+        return [StoredReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9])) for r in reversed(rows)]
 
-    def dead_letters(self, limit: int = 100, *, max_bytes: int | None = None,
-                     before_id: int | None = None) -> list[dict[str, Any]]:
+    def dead_letters(
+        self, limit: int = 100, *, max_bytes: int | None = None, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
         """The newest dead letters first; ``max_bytes`` bounds the page (at least one row is returned),
         ``before_id`` pages on. ``size`` is the payload's real size, ``payload`` at most its first
         :data:`DEAD_LETTER_KEEP_BYTES` (``truncated`` says so)."""
@@ -359,22 +430,46 @@ class Store:
             used += len(payload) + len(r[5]) + len(r[3]) + 200
             if max_bytes is not None and out and used > max_bytes:
                 break
-            out.append({"id": r[0], "at_ms": r[1], "source": r[2], "address": r[3], "device_id": r[4],
-                        "reason": r[5], "payload": payload.decode("utf-8", "replace"), "size": size,
-                        "truncated": size > len(payload), "digest": r[8]})
+            out.append(
+                {
+                    "id": r[0],
+                    "at_ms": r[1],
+                    "source": r[2],
+                    "address": r[3],
+                    "device_id": r[4],
+                    "reason": r[5],
+                    "payload": payload.decode("utf-8", "replace"),
+                    "size": size,
+                    "truncated": size > len(payload),
+                    "digest": r[8],
+                }
+            )
         return out
 
     def devices(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT device_id, site_id, first_seen, last_seen, status, status_since, "
-                                 "status_reason, link FROM devices ORDER BY device_id").fetchall()
+        rows = self.conn.execute(
+            "SELECT device_id, site_id, first_seen, last_seen, status, status_since, "
+            "status_reason, link FROM devices ORDER BY device_id"
+        ).fetchall()
         latest: dict[str, dict[str, Any]] = {}
         for dev, metric, value, unit, ts, quality in self.conn.execute(
-                "SELECT device_id, metric, value, unit, ts, quality FROM latest"):
+            "SELECT device_id, metric, value, unit, ts, quality FROM latest"
+        ):
             latest.setdefault(dev, {})[metric] = {"value": value, "unit": unit, "ts_ms": ts, "quality": quality}
-        return [{"device_id": r[0], "site_id": r[1], "first_seen_ms": r[2], "last_seen_ms": r[3],
-                 "status": r[4], "status_since_ms": r[5], "status_reason": r[6], "link": r[7],
-                 "latest": latest.get(r[0], {})} for r in rows]
-
+        return [
+            {
+                "device_id": r[0],
+                "site_id": r[1],
+                "first_seen_ms": r[2],
+                "last_seen_ms": r[3],
+                "status": r[4],
+                "status_since_ms": r[5],
+                "status_reason": r[6],
+                "link": r[7],
+                "latest": latest.get(r[0], {}),
+            }
+            for r in rows
+        ]
 
 
 # ---------------------------------------------------------------------------- sink cursor history
@@ -391,7 +486,9 @@ def prune_cursor_history(conn: sqlite3.Connection, cursor: str, before_ms: int) 
     cursor stood at ``before_ms``). Returns rows deleted."""
     return conn.execute(
         "DELETE FROM sink_history WHERE sink = ? AND at < "
-        "(SELECT max(at) FROM sink_history WHERE sink = ? AND at <= ?)", (cursor, cursor, before_ms)).rowcount
+        "(SELECT max(at) FROM sink_history WHERE sink = ? AND at <= ?)",
+        (cursor, cursor, before_ms),
+    ).rowcount
 
 
 def cursor_history(conn: sqlite3.Connection, cursor: str, since_ms: int) -> list[tuple[int, int]]:
@@ -399,21 +496,27 @@ def cursor_history(conn: sqlite3.Connection, cursor: str, since_ms: int) -> list
     (all rows when none is that old)."""
     rows = conn.execute(
         "SELECT at, seq FROM sink_history WHERE sink = ? AND at >= coalesce((SELECT max(at) FROM sink_history "
-        "WHERE sink = ? AND at <= ?), -9223372036854775808) ORDER BY at, seq", (cursor, cursor, since_ms)).fetchall()
+        "WHERE sink = ? AND at <= ?), -9223372036854775808) ORDER BY at, seq",
+        (cursor, cursor, since_ms),
+    ).fetchall()
     return [(int(at), int(seq)) for at, seq in rows]
 
 
 def cursor_high(conn: sqlite3.Connection, cursor: str) -> int:
     """The furthest ``cursor`` has been, as far as its history and its row remember."""
-    row = conn.execute("SELECT max(m) FROM (SELECT max(seq) AS m FROM sink_history WHERE sink = ? "
-                       "UNION ALL SELECT seq FROM sink_cursors WHERE sink = ?)", (cursor, cursor)).fetchone()
+    row = conn.execute(
+        "SELECT max(m) FROM (SELECT max(seq) AS m FROM sink_history WHERE sink = ? "
+        "UNION ALL SELECT seq FROM sink_cursors WHERE sink = ?)",
+        (cursor, cursor),
+    ).fetchone()
     return int(row[0]) if row is not None and row[0] is not None else 0
 
 
 def rewind_cursor(conn: sqlite3.Connection, cursor: str, seq: int, at_ms: int) -> int:
     """Move ``cursor`` back to ``seq`` (never forward) and remember it; returns where it stands."""
-    conn.execute("UPDATE sink_cursors SET seq = ?, updated_at = ? WHERE sink = ? AND seq > ?",
-                 (seq, at_ms, cursor, seq))
+    conn.execute(
+        "UPDATE sink_cursors SET seq = ?, updated_at = ? WHERE sink = ? AND seq > ?", (seq, at_ms, cursor, seq)
+    )
     row = conn.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (cursor,)).fetchone()
     now = int(row[0]) if row is not None else seq
     record_cursor(conn, cursor, at_ms, now)
@@ -427,11 +530,16 @@ def sink_instance(conn: sqlite3.Connection, sink: str) -> tuple[str, int] | None
 
 
 def set_sink_instance(conn: sqlite3.Connection, sink: str, identity: str, seen_at_ms: int) -> None:
-    conn.execute("INSERT INTO sink_instances (sink, identity, seen_at) VALUES (?, ?, ?) ON CONFLICT(sink) DO UPDATE "
-                 "SET identity = excluded.identity, seen_at = excluded.seen_at", (sink, identity, seen_at_ms))
+    conn.execute(
+        "INSERT INTO sink_instances (sink, identity, seen_at) VALUES (?, ?, ?) ON CONFLICT(sink) DO UPDATE "
+        "SET identity = excluded.identity, seen_at = excluded.seen_at",
+        (sink, identity, seen_at_ms),
+    )
 
 
 def touch_sink_instance(conn: sqlite3.Connection, sink: str, identity: str, seen_at_ms: int) -> None:
     """The same database was seen again at ``seen_at_ms`` (nothing changes if another one is recorded)."""
-    conn.execute("UPDATE sink_instances SET seen_at = max(seen_at, ?) WHERE sink = ? AND identity = ?",
-                 (seen_at_ms, sink, identity))
+    conn.execute(
+        "UPDATE sink_instances SET seen_at = max(seen_at, ?) WHERE sink = ? AND identity = ?",
+        (seen_at_ms, sink, identity),
+    )

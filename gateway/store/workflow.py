@@ -47,8 +47,14 @@ def public_subject(kind: str, snap: dict[str, Any]) -> dict[str, Any]:
 def event_body(rec: Transition) -> dict[str, Any]:
     """The versioned JSON body of one transition, as delivered to the workflow."""
     body: dict[str, Any] = {
-        "version": BODY_VERSION, "event_id": rec.event_id, "kind": rec.kind, "subject_id": rec.subject_id,
-        "type": rec.type, "at": iso(rec.at_ms), "actor": rec.actor, "note": rec.note,
+        "version": BODY_VERSION,
+        "event_id": rec.event_id,
+        "kind": rec.kind,
+        "subject_id": rec.subject_id,
+        "type": rec.type,
+        "at": iso(rec.at_ms),
+        "actor": rec.actor,
+        "note": rec.note,
     }
     body[rec.kind] = public_subject(rec.kind, rec.snapshot)
     return body
@@ -68,36 +74,63 @@ class WorkflowStore:
             snap = rec.snapshot
             data = json.dumps(snap, ensure_ascii=False, default=str)
             if rec.kind == "fire_event":
-                c.execute("INSERT INTO fire_events VALUES (?,?,?,?,?,?,?) ON CONFLICT(fire_event_id) DO UPDATE SET "
-                          "state=excluded.state, updated_at=excluded.updated_at, data=excluded.data",
-                          (rec.subject_id, snap["site_id"], snap["device_id"], snap["state"], snap["opened_at_ms"],
-                           rec.at_ms, data))
+                c.execute(
+                    "INSERT INTO fire_events VALUES (?,?,?,?,?,?,?) ON CONFLICT(fire_event_id) DO UPDATE SET "
+                    "state=excluded.state, updated_at=excluded.updated_at, data=excluded.data",
+                    (
+                        rec.subject_id,
+                        snap["site_id"],
+                        snap["device_id"],
+                        snap["state"],
+                        snap["opened_at_ms"],
+                        rec.at_ms,
+                        data,
+                    ),
+                )
             elif rec.kind == "hazard":
-                c.execute("INSERT INTO hazards VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(hazard_id) DO UPDATE SET "
-                          "state=excluded.state, severity=excluded.severity, updated_at=excluded.updated_at, "
-                          "data=excluded.data",
-                          (rec.subject_id, snap["site_id"], snap["device_id"], snap["rule"], snap["state"],
-                           snap["severity"], snap["opened_at_ms"], rec.at_ms, data))
-            c.execute("INSERT OR IGNORE INTO workflow_events (event_id, kind, subject_id, type, at, actor, note, "
-                      "snapshot) VALUES (?,?,?,?,?,?,?,?)",
-                      (rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note, data))
+                c.execute(
+                    "INSERT INTO hazards VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(hazard_id) DO UPDATE SET "
+                    "state=excluded.state, severity=excluded.severity, updated_at=excluded.updated_at, "
+                    "data=excluded.data",
+                    (
+                        rec.subject_id,
+                        snap["site_id"],
+                        snap["device_id"],
+                        snap["rule"],
+                        snap["state"],
+                        snap["severity"],
+                        snap["opened_at_ms"],
+                        rec.at_ms,
+                        data,
+                    ),
+                )
+            c.execute(
+                "INSERT OR IGNORE INTO workflow_events (event_id, kind, subject_id, type, at, actor, note, "
+                "snapshot) VALUES (?,?,?,?,?,?,?,?)",
+                (rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note, data),
+            )
             if destinations:
                 body = json.dumps(event_body(rec), ensure_ascii=False, default=str)
-                c.executemany("INSERT OR IGNORE INTO outbox (destination, event_id, subject, body, created_at) "
-                              "VALUES (?,?,?,?,?)",
-                              [(d, rec.event_id, f"{rec.kind}:{rec.subject_id}", body, rec.at_ms)
-                               for d in destinations])
+                c.executemany(
+                    "INSERT OR IGNORE INTO outbox (destination, event_id, subject, body, created_at) "
+                    "VALUES (?,?,?,?,?)",
+                    [(d, rec.event_id, f"{rec.kind}:{rec.subject_id}", body, rec.at_ms) for d in destinations],
+                )
 
     def save_rule_state(self, snapshot: dict[str, Any], at_ms: int) -> None:
-        self.conn.execute("INSERT INTO rule_state VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET at=excluded.at, "
-                          "snapshot=excluded.snapshot", (at_ms, json.dumps(snapshot, separators=(",", ":"))))
+        self.conn.execute(
+            "INSERT INTO rule_state VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET at=excluded.at, "
+            "snapshot=excluded.snapshot",
+            (at_ms, json.dumps(snapshot, separators=(",", ":"))),
+        )
 
     def set_override(self, site_id: str, data: dict[str, Any] | None) -> None:
         if data is None:
             self.conn.execute("DELETE FROM site_overrides WHERE site_id = ?", (site_id,))
         else:
-            self.conn.execute("INSERT OR REPLACE INTO site_overrides VALUES (?, ?)",
-                              (site_id, json.dumps(data, ensure_ascii=False)))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO site_overrides VALUES (?, ?)", (site_id, json.dumps(data, ensure_ascii=False))
+            )
 
     def record_inspection(self, site_id: str, at_ms: int, actor: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO site_inspections VALUES (?, ?, ?)", (site_id, at_ms, actor))
@@ -109,13 +142,13 @@ class WorkflowStore:
         return None if row is None else dict(json.loads(row[0]))
 
     def open_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        fires = [json.loads(r[0]) for r in self.conn.execute(
-            "SELECT data FROM fire_events WHERE state <> 'resolved'")]
+        fires = [json.loads(r[0]) for r in self.conn.execute("SELECT data FROM fire_events WHERE state <> 'resolved'")]
         hazards = [json.loads(r[0]) for r in self.conn.execute("SELECT data FROM hazards WHERE state <> 'closed'")]
         return fires, hazards
 
-    def fire_events(self, *, open_only: bool = False, site_id: str | None = None,
-                    limit: int = 1000) -> list[dict[str, Any]]:
+    def fire_events(
+        self, *, open_only: bool = False, site_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         sql, args = "SELECT data FROM fire_events WHERE 1=1", []
         if open_only:
             sql += " AND state <> 'resolved'"
@@ -125,8 +158,9 @@ class WorkflowStore:
         sql += " ORDER BY opened_at DESC LIMIT ?"
         return [json.loads(r[0]) for r in self.conn.execute(sql, [*args, limit])]
 
-    def hazards(self, *, open_only: bool = False, site_id: str | None = None,
-                limit: int = 1000) -> list[dict[str, Any]]:
+    def hazards(
+        self, *, open_only: bool = False, site_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         sql, args = "SELECT data FROM hazards WHERE 1=1", []
         if open_only:
             sql += " AND state <> 'closed'"
@@ -142,8 +176,11 @@ class WorkflowStore:
         return None if row is None else dict(json.loads(row[0]))
 
     def trail(self, kind: str, subject_id: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT event_id, type, at, actor, note FROM workflow_events WHERE kind = ? AND "
-                                 "subject_id = ? ORDER BY seq", (kind, subject_id)).fetchall()
+        rows = self.conn.execute(
+            "SELECT event_id, type, at, actor, note FROM workflow_events WHERE kind = ? AND "
+            "subject_id = ? ORDER BY seq",
+            (kind, subject_id),
+        ).fetchall()
         return [{"event_id": r[0], "type": r[1], "at": iso(r[2]), "actor": r[3], "note": r[4]} for r in rows]
 
     def overrides(self) -> dict[str, dict[str, Any]]:
@@ -154,13 +191,17 @@ class WorkflowStore:
 
     def counts(self) -> dict[str, int]:
         q = self.conn.execute
-        return {"hazards_open": q("SELECT count(*) FROM hazards WHERE state <> 'closed'").fetchone()[0],
-                "events_open": q("SELECT count(*) FROM fire_events WHERE state <> 'resolved'").fetchone()[0]}
+        return {
+            "hazards_open": q("SELECT count(*) FROM hazards WHERE state <> 'closed'").fetchone()[0],
+            "events_open": q("SELECT count(*) FROM fire_events WHERE state <> 'resolved'").fetchone()[0],
+        }
 
     def events_since(self, seq: int, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
-        rows = self.conn.execute("SELECT seq, event_id, kind, subject_id, type, at, actor, note, snapshot "
-                                 "FROM workflow_events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
-        return [(r[0], event_body(Transition(r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))))
-                for r in rows]
-
-
+        rows = self.conn.execute(
+            "SELECT seq, event_id, kind, subject_id, type, at, actor, note, snapshot "
+            "FROM workflow_events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        return [
+            (r[0], event_body(Transition(r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8])))) for r in rows
+        ]

@@ -23,8 +23,21 @@ CHECKS = [not_a_server_error, status_code_conformance, response_schema_conforman
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with live_gateway(tmp_path_factory.mktemp("fuzz"), {"fuzzer": ("admin", TOKEN)}) as gw:
-        run_fleet(gw.broker.url, "--devices", "16", "--rate", "1", "--duration", "2", "--scenario", "button-alarm",
-                  "--alarm-at", "0.5", "--malformed-rate", "0.2")
+        run_fleet(
+            gw.broker.url,
+            "--devices",
+            "16",
+            "--rate",
+            "1",
+            "--duration",
+            "2",
+            "--scenario",
+            "button-alarm",
+            "--alarm-at",
+            "0.5",
+            "--malformed-rate",
+            "0.2",
+        )
         yield gw.base
 
 
@@ -48,8 +61,10 @@ def test_no_request_gets_a_5xx(live: str) -> None:
             try:
                 case.validate_response(response, checks=CHECKS)
             except FailureGroup as exc:  # one per failed check
-                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                                f"{response.text[:300]}\n{str(exc)[:600]}")
+                failures.append(
+                    f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                    f"{response.text[:300]}\n{str(exc)[:600]}"
+                )
 
         check()
     assert operations >= 20 and len(calls) >= 10 * operations

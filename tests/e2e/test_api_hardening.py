@@ -31,9 +31,14 @@ ADMIN = "hardening-admin-token-0123456789"
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
     """One gateway for the server's tests: a token, bodies up to 64 KiB, at most 32 connections, 1 s for
     a request head."""
-    with live_gateway(tmp_path_factory.mktemp("server"), {"admin": ("admin", ADMIN)}, devices=8,
-                      FIREGW_API__MAX_BODY_BYTES="65536", FIREGW_API__MAX_CONNECTIONS="32",
-                      FIREGW_API__HEADER_TIMEOUT_S="1") as live:
+    with live_gateway(
+        tmp_path_factory.mktemp("server"),
+        {"admin": ("admin", ADMIN)},
+        devices=8,
+        FIREGW_API__MAX_BODY_BYTES="65536",
+        FIREGW_API__MAX_CONNECTIONS="32",
+        FIREGW_API__HEADER_TIMEOUT_S="1",
+    ) as live:
         yield live.gw
 
 
@@ -47,8 +52,9 @@ def _auth(tok: str) -> dict[str, str]:
 def test_no_tokens_on_a_public_address_refuses_to_start(tmp_path: Path) -> None:
     env = {**GatewayProc(tmp_path).environ(), "FIREGW_API__LISTEN": f"0.0.0.0:{free_port()}"}
     env.pop("FIREGW_API__TOKENS", None)
-    out = subprocess.run([PYTHON, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [PYTHON, "-m", "gateway.cli", "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2
     assert "api" in out.stderr and "listen" in out.stderr and "api.tokens" in out.stderr, out.stderr
 
@@ -73,8 +79,10 @@ def _raw(base: str, request: bytes, read_timeout: float = 5.0) -> bytes:
 
 
 def test_token_is_checked_before_the_body_is_read_off_the_socket(gw: GatewayProc) -> None:
-    head = (b"POST /api/v1/profiles/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 300000000\r\n")
+    head = (
+        b"POST /api/v1/profiles/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 300000000\r\n"
+    )
     t0 = time.monotonic()
     answer = _raw(gw.api, head + b"\r\n{")  # 300 MB announced, 1 byte sent: the answer cannot wait for the body
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
@@ -87,6 +95,7 @@ def test_idle_connections_are_bounded_and_timed_out(gw: GatewayProc) -> None:
     host, _, port = gw.api.removeprefix("http://").partition(":")
     socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(100)]
     try:
+
         def all_closed() -> bool:
             for s in socks:
                 s.setblocking(False)
@@ -98,6 +107,7 @@ def test_idle_connections_are_bounded_and_timed_out(gw: GatewayProc) -> None:
                 except ConnectionResetError:
                     pass
             return True
+
         wait_for(all_closed, 10, "idle connections closed by the gateway (cap 32, head timeout 1 s)")
     finally:
         for s in socks:
@@ -113,8 +123,11 @@ def test_idle_connections_are_bounded_and_timed_out(gw: GatewayProc) -> None:
 def _big_profile(points: int) -> str:
     """A legal but heavy profile: thousands of points (the biggest shipped one has 40)."""
     head = (PROFILES / "pipe-pressure-sensor.yaml").read_text().split("points:")[0]
-    body = "".join(f"  - {{name: p{i}, class: analog, type: float, unit: MPa, path: v{i}, range: [0, 2], "
-                   f"labels: {{zh: 压力{i}, en: Pressure {i}}}}}\n" for i in range(points))
+    body = "".join(
+        f"  - {{name: p{i}, class: analog, type: float, unit: MPa, path: v{i}, range: [0, 2], "
+        f"labels: {{zh: 压力{i}, en: Pressure {i}}}}}\n"
+        for i in range(points)
+    )
     return head + "points:\n" + body
 
 
@@ -123,9 +136,11 @@ def test_heavy_dry_runs_never_stall_the_api(gw: GatewayProc) -> None:
     results: list[int] = []
 
     def post() -> None:
-        r = httpx.post(gw.api + "/api/v1/profiles/validate", json={"profile_yaml": heavy}, headers=_auth(ADMIN),
-                       timeout=60)
+        r = httpx.post(
+            gw.api + "/api/v1/profiles/validate", json={"profile_yaml": heavy}, headers=_auth(ADMIN), timeout=60
+        )
         results.append(r.status_code)
+
     threads = [threading.Thread(target=post) for _ in range(6)]
     for t in threads:
         t.start()
@@ -150,9 +165,15 @@ def test_taken_api_port_never_stops_ingestion(tmp_path: Path, broker: Mosquitto)
     squatter.listen(1)
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, 8)
-    gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                           "FIREGW_MQTT__CLIENT_ID": "taken",
-                                           "FIREGW_API__LISTEN": f"127.0.0.1:{port}"})
+    gw = GatewayProc(
+        tmp_path / "gw",
+        env={
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_INVENTORY": str(inv),
+            "FIREGW_MQTT__CLIENT_ID": "taken",
+            "FIREGW_API__LISTEN": f"127.0.0.1:{port}",
+        },
+    )
     gw.start()
     try:
         run_fleet(broker.url, "--devices", "8", "--rate", "2", "--duration", "1")
@@ -175,16 +196,19 @@ def test_dead_letters_are_bounded_in_the_store_and_in_a_page(tmp_path: Path, bro
 
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, 8)
-    gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                           "FIREGW_MQTT__CLIENT_ID": "junk"}).start()
+    gw = GatewayProc(
+        tmp_path / "gw",
+        env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv), "FIREGW_MQTT__CLIENT_ID": "junk"},
+    ).start()
     topic = yaml.safe_load(inv.read_text())["devices"][0]
     cat_topic = _topic_of(topic)
     pub = Publisher(broker.url)
     try:
         for _ in range(12):
             pub.publish(cat_topic, b'{"event": "heartbeat", "pad": "' + b"x" * 3_000_000 + b'"}')
-        rows = wait_for(lambda: [r for r in gw.cli("dead-letters") if r["size"] > 3_000_000], 30,
-                        "oversized payloads dead-lettered")
+        rows = wait_for(
+            lambda: [r for r in gw.cli("dead-letters") if r["size"] > 3_000_000], 30, "oversized payloads dead-lettered"
+        )
         assert all(len(r["payload"]) <= 4096 and r["truncated"] for r in rows)
         assert gw.db.stat().st_size < 20_000_000, "the store grew by the junk it was sent"
         page = httpx.get(gw.api + "/api/v1/dead-letters?limit=1000", timeout=10)

@@ -19,8 +19,11 @@ import pytest
 from simulators.broker import Mosquitto, free_port
 from tests.support import PROFILES, GatewayProc, run_fleet, wait_for, write_inventory
 
-TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789",
-          "admin": "admin-token-0123456789"}
+TOKENS = {
+    "viewer": "viewer-token-0123456789",
+    "operator": "operator-token-0123456789",
+    "admin": "admin-token-0123456789",
+}
 
 
 @dataclass
@@ -31,8 +34,7 @@ class Live:
 
 
 @contextlib.contextmanager
-def live_gateway(tmp: Path, tokens: dict[str, tuple[str, str]], *, devices: int = 16,
-                 **env: str) -> Iterator[Live]:
+def live_gateway(tmp: Path, tokens: dict[str, tuple[str, str]], *, devices: int = 16, **env: str) -> Iterator[Live]:
     """A private broker and ``firegw run`` with ``devices`` fleet devices, ``tokens`` (name -> (role,
     token)), a copy of the shipped profiles (activation writes into the folder) and ``env``; the API
     answering when it yields."""
@@ -43,11 +45,18 @@ def live_gateway(tmp: Path, tokens: dict[str, tuple[str, str]], *, devices: int 
     shutil.copytree(PROFILES, profiles)
     port = free_port()
     api_tokens = [{"name": name, "role": role, "token": tok} for name, (role, tok) in tokens.items()]
-    gw = GatewayProc(tmp / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                      "FIREGW_API__TOKENS": json.dumps(api_tokens),
-                                      "FIREGW_API__LISTEN": f"127.0.0.1:{port}",
-                                      "FIREGW_MQTT__CLIENT_ID": f"api-{port}", "FIREGW_PROFILES_DIR": str(profiles),
-                                      **env})
+    gw = GatewayProc(
+        tmp / "gw",
+        env={
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_INVENTORY": str(inv),
+            "FIREGW_API__TOKENS": json.dumps(api_tokens),
+            "FIREGW_API__LISTEN": f"127.0.0.1:{port}",
+            "FIREGW_MQTT__CLIENT_ID": f"api-{port}",
+            "FIREGW_PROFILES_DIR": str(profiles),
+            **env,
+        },
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         gw.start()
@@ -67,8 +76,9 @@ def api_up(base: str) -> bool:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    with live_gateway(tmp_path_factory.mktemp("live"),
-                      {f"{role}-user": (role, tok) for role, tok in TOKENS.items()}) as live:
+    with live_gateway(
+        tmp_path_factory.mktemp("live"), {f"{role}-user": (role, tok) for role, tok in TOKENS.items()}
+    ) as live:
         yield live
 
 
@@ -78,10 +88,22 @@ def _h(role: str) -> dict[str, str]:
 
 def test_a_fire_alarm_acted_on_through_the_real_committer(live: Live) -> None:
     base = live.base
-    run_fleet(live.broker.url, "--devices", "16", "--rate", "1", "--duration", "2", "--scenario", "button-alarm",
-              "--alarm-at", "0.5")
+    run_fleet(
+        live.broker.url,
+        "--devices",
+        "16",
+        "--rate",
+        "1",
+        "--duration",
+        "2",
+        "--scenario",
+        "button-alarm",
+        "--alarm-at",
+        "0.5",
+    )
     events: list[dict[str, Any]] = wait_for(
-        lambda: httpx.get(base + "/api/v1/events?open=true", headers=_h("viewer")).json(), 10, "fire event")
+        lambda: httpx.get(base + "/api/v1/events?open=true", headers=_h("viewer")).json(), 10, "fire event"
+    )
     ev = events[0]
     assert ev["station"] and ev["building"]
     url = f"{base}/api/v1/events/{ev['fire_event_id']}"

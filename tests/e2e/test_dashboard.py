@@ -33,8 +33,14 @@ from tests.support import PYTHON, ROOT, GatewayProc, wait_for, write_inventory
 
 TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789"}
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 VIEWPORT: ViewportSize = {"width": 1366, "height": 768}
 ARTIFACTS = ROOT / "test-artifacts"
 FLEET_DEVICES = 16
@@ -82,11 +88,22 @@ def _site_rules(data: dict[str, Any]) -> None:
     for dev in data["devices"]:
         if dev["device_id"] == CABINET:
             dev["rules"] = [
-                {"kind": "state_held", "name": f"{pump}_not_auto", "point": f"{pump}_mode", "not_value": 1,
-                 "hold_s": MANUAL_LIMIT_S, "hazard_class": "supervisory", "severity": "major", "hard": True,
-                 "title": {"zh": f"{n}号消防泵控制柜未处于自动状态",
-                           "en": f"Fire pump {n} cabinet not in automatic mode"}}
-                for n, pump in ((1, "pump1"), (2, "pump2"))]
+                {
+                    "kind": "state_held",
+                    "name": f"{pump}_not_auto",
+                    "point": f"{pump}_mode",
+                    "not_value": 1,
+                    "hold_s": MANUAL_LIMIT_S,
+                    "hazard_class": "supervisory",
+                    "severity": "major",
+                    "hard": True,
+                    "title": {
+                        "zh": f"{n}号消防泵控制柜未处于自动状态",
+                        "en": f"Fire pump {n} cabinet not in automatic mode",
+                    },
+                }
+                for n, pump in ((1, "pump1"), (2, "pump2"))
+            ]
 
 
 def start_stack(workdir: Path) -> Stack:
@@ -103,13 +120,27 @@ def start_stack(workdir: Path) -> Stack:
         inv = workdir / "inventory.yaml"
         inv.write_text(yaml.safe_dump(merged, allow_unicode=True, sort_keys=False), encoding="utf-8")
         config = workdir / "gateway.yaml"
-        config.write_text(yaml.safe_dump({"api": {"tokens": [
-            {"name": f"{role}-user", "role": role, "token": tok} for role, tok in TOKENS.items()]}}),
-            encoding="utf-8")
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "api": {
+                        "tokens": [{"name": f"{role}-user", "role": role, "token": tok} for role, tok in TOKENS.items()]
+                    }
+                }
+            ),
+            encoding="utf-8",
+        )
         port = free_port()
-        gw = GatewayProc(workdir / "gw", env={
-            "FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv), "FIREGW_CONFIG": str(config),
-            "FIREGW_API__LISTEN": f"127.0.0.1:{port}", "FIREGW_MQTT__CLIENT_ID": f"dash-{port}"}).start()
+        gw = GatewayProc(
+            workdir / "gw",
+            env={
+                "FIREGW_MQTT__URL": broker.url,
+                "FIREGW_INVENTORY": str(inv),
+                "FIREGW_CONFIG": str(config),
+                "FIREGW_API__LISTEN": f"127.0.0.1:{port}",
+                "FIREGW_MQTT__CLIENT_ID": f"dash-{port}",
+            },
+        ).start()
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _serving(base), 15, "the dashboard served")
         stack = Stack(broker, pumps, gw, base)
@@ -176,9 +207,31 @@ class Fleet:
 
 def start_fleet(stack: Stack, *, duration: float, alarm_at: float) -> Fleet:
     proc = subprocess.Popen(
-        [PYTHON, "-m", "simulators", "fleet", "--broker", stack.broker.url, "--devices", str(FLEET_DEVICES),
-         "--rate", "1", "--duration", str(duration), "--scenario", "button-alarm", "--alarm-at", str(alarm_at),
-         "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        [
+            PYTHON,
+            "-m",
+            "simulators",
+            "fleet",
+            "--broker",
+            stack.broker.url,
+            "--devices",
+            str(FLEET_DEVICES),
+            "--rate",
+            "1",
+            "--duration",
+            str(duration),
+            "--scenario",
+            "button-alarm",
+            "--alarm-at",
+            str(alarm_at),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
     fleet = Fleet(proc)
     fleet.reader.start()
     return fleet
@@ -269,8 +322,7 @@ def test_fire_event_shows_within_two_seconds_of_the_button(stack: Stack, page: P
         fleet.stop()
 
 
-def test_site_code_follows_the_cabinet_in_manual_and_the_hazard_closed_in_the_page(stack: Stack,
-                                                                                   page: Page) -> None:
+def test_site_code_follows_the_cabinet_in_manual_and_the_hazard_closed_in_the_page(stack: Stack, page: Page) -> None:
     page.goto(stack.url("operator"))
     code = page.get_by_test_id(f"site-code-{PUMP_SITE}")
     expect(code).to_have_attribute("data-code", "green", timeout=10_000)
@@ -330,15 +382,26 @@ def test_viewer_sees_no_operator_buttons(stack: Stack, page: Page) -> None:
         fleet.stop()
     stack.pumps.command("fault 2 backup-power-lost")
     try:
-        wait_for(lambda: [h for h in stack.api("/api/v1/hazards?open=true&site=pumproom")
-                          if h["device_id"] == "cabinet-002" and h["state"] == "proposed"], 15, "proposed hazard")
+        wait_for(
+            lambda: [
+                h
+                for h in stack.api("/api/v1/hazards?open=true&site=pumproom")
+                if h["device_id"] == "cabinet-002" and h["state"] == "proposed"
+            ],
+            15,
+            "proposed hazard",
+        )
         # the operator sees the buttons ...
         page.goto(stack.url("operator", "/hazards"))
         row = page.locator("[data-testid=hazard-row][data-device='cabinet-002']").first
         row.click()
         expect(page.get_by_test_id("hazard-detail").get_by_test_id("act-confirm")).to_be_visible(timeout=10_000)
-        expect(page.get_by_test_id("fire-event").first.get_by_test_id("ack-fire").or_(
-            page.get_by_test_id("fire-event").first.get_by_test_id("resolve-fire")).first).to_be_visible()
+        expect(
+            page.get_by_test_id("fire-event")
+            .first.get_by_test_id("ack-fire")
+            .or_(page.get_by_test_id("fire-event").first.get_by_test_id("resolve-fire"))
+            .first
+        ).to_be_visible()
         # ... the viewer, signing in through the login box, sees none
         page.evaluate("sessionStorage.clear()")
         page.goto(stack.base + "/")
@@ -358,8 +421,11 @@ def test_viewer_sees_no_operator_buttons(stack: Stack, page: Page) -> None:
         for view in ("hazards", "sites", "pumps", "devices"):
             page.get_by_test_id(f"nav-{view}").click()
             expect(page.get_by_test_id(f"view-{view}")).to_be_visible()
-            expect(page.locator("[data-testid^=act-], [data-testid=ack-fire], [data-testid=resolve-fire], "
-                                "[data-testid=arrive-fire]")).to_have_count(0)
+            expect(
+                page.locator(
+                    "[data-testid^=act-], [data-testid=ack-fire], [data-testid=resolve-fire], [data-testid=arrive-fire]"
+                )
+            ).to_have_count(0)
         expect(page.locator("[data-operator]")).to_have_count(0)
         expect(page.locator("body")).not_to_contain_text("null")
         # the English toggle, kept across a reload

@@ -26,8 +26,13 @@ def _cmdlines() -> list[str]:
 
 def test_demo_runs_the_whole_system_and_keeps_its_secrets(tmp_path: Path) -> None:
     work = tmp_path / "demo"
-    proc = subprocess.Popen([PYTHON, "-m", "gateway.cli", "demo", "--duration", "24", "--workdir", str(work),
-                             "--devices", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "gateway.cli", "demo", "--duration", "24", "--workdir", str(work), "--devices", "20"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     lines: list[str] = []
     tokens: list[str] = []

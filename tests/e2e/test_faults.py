@@ -94,15 +94,20 @@ class Rig:
     """One gateway on a fleet's inventory, a device-side publisher for the test's own messages, and
     the ledger of everything published."""
 
-    def __init__(self, tmp_path: Path, broker: Mosquitto, devices: int, *, name: str,
-                 store: Path | None = None, **env: str) -> None:
+    def __init__(
+        self, tmp_path: Path, broker: Mosquitto, devices: int, *, name: str, store: Path | None = None, **env: str
+    ) -> None:
         inventory = tmp_path / "inventory.yaml"
         write_inventory(inventory, devices)
         self.devices: list[SimDevice] = build_devices(devices)  # the same seed as the inventory
         self.buttons = [d for d in self.devices if d.kind == "button"]
         self.broker = broker
-        env = {"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inventory),
-               "FIREGW_MQTT__CLIENT_ID": f"firegw-{name}-{broker.port}", **env}
+        env = {
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_INVENTORY": str(inventory),
+            "FIREGW_MQTT__CLIENT_ID": f"firegw-{name}-{broker.port}",
+            **env,
+        }
         if store is not None:
             env["FIREGW_STORE__PATH"] = str(store)
         self.gw = GatewayProc(tmp_path / "gw", env=env)
@@ -113,8 +118,18 @@ class Rig:
 
     def fleet_args(self, rate: float, duration: float, malformed: float = 0.02) -> list[str]:
         """The fleet simulator playing this rig's inventory (same devices, same seed)."""
-        return ["--devices", str(len(self.devices)), "--seed", "1", "--rate", str(rate), "--duration", str(duration),
-                "--malformed-rate", str(malformed)]
+        return [
+            "--devices",
+            str(len(self.devices)),
+            "--seed",
+            "1",
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--malformed-rate",
+            str(malformed),
+        ]
 
     def fleet(self, rate: float, duration: float, malformed: float = 0.02) -> FleetRun:
         """The fleet publishing in the background."""
@@ -144,8 +159,9 @@ class Rig:
                 self._publisher.close()
             self._publisher = None
 
-    def publish(self, topic: str, payload: bytes, *, readings: int = 0, bad: bool = False,
-                retain: bool = False) -> None:
+    def publish(
+        self, topic: str, payload: bytes, *, readings: int = 0, bad: bool = False, retain: bool = False
+    ) -> None:
         self.publisher().publish(topic, payload, retain=retain)  # returns once the broker acknowledged
         self.ledger.sent += 1
         self.ledger.malformed += int(bad)
@@ -239,8 +255,9 @@ def stage_of(problem: str) -> str:
     return problem.split(": ", 1)[0]
 
 
-def wait_failing(gw: GatewayProc, required: set[str], allowed: set[str] | None = None,
-                 timeout: float = 30.0) -> list[str]:
+def wait_failing(
+    gw: GatewayProc, required: set[str], allowed: set[str] | None = None, timeout: float = 30.0
+) -> list[str]:
     """Wait until /readyz answers 503 naming every stage in ``required``; then it may name nothing
     outside ``allowed`` (default: ``required``)."""
     allowed = required if allowed is None else allowed
@@ -439,8 +456,11 @@ def test_dead_letter_resent_by_a_restored_broker_counts_once(tmp_path: Path, bro
         broker.kill()
         rig.drop_publisher()
         broker.start()  # restores both from its file and sends them again, without DUP
-        wait_for(lambda: store_stats(gw.db)["duplicates"] + accounted(gw) >= rig.ledger.sent + 2, 30,
-                 "the restored broker re-sending its saved messages")
+        wait_for(
+            lambda: store_stats(gw.db)["duplicates"] + accounted(gw) >= rig.ledger.sent + 2,
+            30,
+            "the restored broker re-sending its saved messages",
+        )
         assert_exact(rig)
     finally:
         rig.close()
@@ -674,8 +694,9 @@ def poisons(rig: Rig, target: SimDevice) -> list[Poison]:
         Poison("number past a double", t, hb(b',"battery":1e400'), "infinity"),
         Poison("nesting 1,900 deep", t, hb(b',"x":' + b"[" * 1900 + b"]" * 1900), "depth limit"),
         Poison("nesting 100,000 deep", t, hb(b',"x":' + b"[" * 100_000 + b"]" * 100_000), "over the profile's limit"),
-        Poison("duplicate keys", t, b'{"event":"alarm","event":"heartbeat","ts":' + ts() + b"}",
-               "repeats the key 'event'"),
+        Poison(
+            "duplicate keys", t, b'{"event":"alarm","event":"heartbeat","ts":' + ts() + b"}", "repeats the key 'event'"
+        ),
         Poison("unmapped value 1", t, b'{"event":1,"ts":' + ts() + b"}", "field 'event': value 1 "),
         Poison("unmapped value true", t, b'{"event":true,"ts":' + ts() + b"}", "field 'event': value True "),
         Poison("misspelt value", t, b'{"event":"alrm","ts":' + ts() + b"}", "field 'event': value 'alrm' "),
@@ -683,8 +704,12 @@ def poisons(rig: Rig, target: SimDevice) -> list[Poison]:
         Poison("NUL in a value", t, b'{"event":"heartbeat\\u0000","ts":' + ts() + b"}", "field 'event'"),
         Poison("wrong type", t, hb(b',"battery":"full"'), "field 'battery' (point battery): expected a number"),
         Poison("out of the physical range", t, hb(b',"battery":250'), "field 'battery' (point battery): 250 %"),
-        Poison("required field missing", pressure.topic, b'{"ts":' + ts() + b',"battery":50}',
-               "field 'pressure' (point pressure) is missing"),
+        Poison(
+            "required field missing",
+            pressure.topic,
+            b'{"ts":' + ts() + b',"battery":50}',
+            "field 'pressure' (point pressure) is missing",
+        ),
         Poison("invalid UTF-8", t, b'{"event":"heart\xff\xfebeat","ts":' + ts() + b"}", "not valid UTF-8"),
         Poison("lone surrogate", t, b'{"event":"\\ud800","ts":' + ts() + b"}", "surrogate"),
         Poison("UTF-8 byte order mark", t, b"\xef\xbb\xbf" + hb(), "(BOM)"),
@@ -697,15 +722,28 @@ def poisons(rig: Rig, target: SimDevice) -> list[Poison]:
         Poison("empty payload", t, b"", "empty"),
         Poison("over the profile's size", t, hb(b',"pad":"' + b"x" * 5000 + b'"'), "over the profile's limit of 4096"),
         Poison("3 MB", t, hb(b',"pad":"' + b"x" * 3_000_000 + b'"'), "(pipeline.max_payload_bytes)"),
-        Poison("unknown device", f"fire/{site}/button/ghost-{random.randrange(10**9)}/up", alarm(),
-               "unknown device 'ghost-"),
+        Poison(
+            "unknown device",
+            f"fire/{site}/button/ghost-{random.randrange(10**9)}/up",
+            alarm(),
+            "unknown device 'ghost-",
+        ),
         Poison("empty topic levels", "fire//button//up", alarm(), "unknown device ''"),
-        Poison("device id of 10,000 characters", f"fire/{site}/button/{'g' * 10_000}/up", alarm(),
-               "unknown device 'ggg"),
-        Poison("another site's topic", f"fire/{other_site}/button/{target.device_id}/up", alarm(),
-               f"topic names site '{other_site}'"),
-        Poison("another profile's topic", f"fire/{site}/smoke/{target.device_id}/up", alarm(),
-               "but the topic matches profile 'nbiot-smoke-detector'"),
+        Poison(
+            "device id of 10,000 characters", f"fire/{site}/button/{'g' * 10_000}/up", alarm(), "unknown device 'ggg"
+        ),
+        Poison(
+            "another site's topic",
+            f"fire/{other_site}/button/{target.device_id}/up",
+            alarm(),
+            f"topic names site '{other_site}'",
+        ),
+        Poison(
+            "another profile's topic",
+            f"fire/{site}/smoke/{target.device_id}/up",
+            alarm(),
+            "but the topic matches profile 'nbiot-smoke-detector'",
+        ),
     ]
 
 
@@ -759,8 +797,11 @@ def test_poison_messages_of_every_kind(tmp_path: Path, broker: Mosquitto) -> Non
             gw.env.update(env)
             before = store_stats(gw.db)["duplicates"]
             gw.start()
-            wait_for(lambda: store_stats(gw.db)["duplicates"] > before, 20,  # noqa: B023
-                     "the retained alarm delivered again")
+            wait_for(
+                lambda: store_stats(gw.db)["duplicates"] > before,  # noqa: B023 (called before the next loop)
+                20,
+                "the retained alarm delivered again",
+            )
             assert_exact(rig)
             assert_alarms(rig)
         assert_stops_cleanly(gw)

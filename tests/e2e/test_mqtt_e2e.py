@@ -15,14 +15,22 @@ from tests.support import GatewayProc, run_fleet, store_stats, wait_for, write_i
 def _gateway(tmp_path: Path, broker: Mosquitto, devices: int, **env: str) -> GatewayProc:
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, devices)
-    return GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                             "FIREGW_MQTT__CLIENT_ID": f"firegw-test-{broker.port}", **env})
+    return GatewayProc(
+        tmp_path / "gw",
+        env={
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_INVENTORY": str(inv),
+            "FIREGW_MQTT__CLIENT_ID": f"firegw-test-{broker.port}",
+            **env,
+        },
+    )
 
 
 def _settled(gw: GatewayProc, sent: int) -> dict[str, Any]:
     def done() -> dict[str, Any]:
         st = store_stats(gw.db)
         return st if st and st["messages"] + st["dead_letters"] >= sent else {}
+
     return wait_for(done, 60, f"{sent} messages accounted for in {gw.db}")
 
 
@@ -40,8 +48,9 @@ def _assert_exact(gw: GatewayProc, summary: dict[str, Any]) -> None:
 def test_fleet_of_200_every_message_accounted_for(tmp_path: Path, broker: Mosquitto) -> None:
     gw = _gateway(tmp_path, broker, 200).start()
     try:
-        summary = run_fleet(broker.url, "--devices", "200", "--rate", "5", "--duration", "6",
-                            "--malformed-rate", "0.05")
+        summary = run_fleet(
+            broker.url, "--devices", "200", "--rate", "5", "--duration", "6", "--malformed-rate", "0.05"
+        )
         assert summary["sent"] >= 5000 and summary["malformed"] > 0
         _assert_exact(gw, summary)
         assert store_stats(gw.db)["devices_seen"] == 200
@@ -55,8 +64,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, broker:
     result: dict[str, Any] = {}
 
     def fleet() -> None:
-        result.update(run_fleet(broker.url, "--devices", "100", "--rate", "20", "--duration", "8",
-                                "--malformed-rate", "0.02"))
+        result.update(
+            run_fleet(broker.url, "--devices", "100", "--rate", "20", "--duration", "8", "--malformed-rate", "0.02")
+        )
 
     t = threading.Thread(target=fleet)
     t.start()
@@ -111,12 +121,12 @@ def _drain_time(gw: GatewayProc, broker: Mosquitto, *fleet_args: str) -> tuple[f
 
 def test_malformed_storm_keeps_good_traffic_above_half_rate(tmp_path: Path, broker: Mosquitto) -> None:
     clean = _gateway(tmp_path / "clean", broker, 100, FIREGW_MQTT__CLIENT_ID="clean")
-    t_clean, s_clean = _drain_time(clean, broker, "--devices", "100", "--rate", "50", "--duration", "3",
-                                   "--seed", "1")
+    t_clean, s_clean = _drain_time(clean, broker, "--devices", "100", "--rate", "50", "--duration", "3", "--seed", "1")
     storm = _gateway(tmp_path / "storm", broker, 100, FIREGW_MQTT__CLIENT_ID="storm")
     # the same good traffic with as many malformed messages again mixed in
-    t_storm, s_storm = _drain_time(storm, broker, "--devices", "100", "--rate", "100", "--duration", "3",
-                                   "--seed", "1", "--malformed-rate", "0.5")
+    t_storm, s_storm = _drain_time(
+        storm, broker, "--devices", "100", "--rate", "100", "--duration", "3", "--seed", "1", "--malformed-rate", "0.5"
+    )
     good_clean = s_clean["sent"] / t_clean
     good_storm = (s_storm["sent"] - s_storm["malformed"]) / t_storm
     assert s_storm["malformed"] > 0.4 * s_storm["sent"]
@@ -128,17 +138,26 @@ def test_malformed_storm_keeps_good_traffic_above_half_rate(tmp_path: Path, brok
 def test_bad_messages_become_readable_dead_letters(tmp_path: Path, broker: Mosquitto) -> None:
     gw = _gateway(tmp_path, broker, 20).start()
     try:
-        summary = run_fleet(broker.url, "--devices", "20", "--rate", "20", "--duration", "3",
-                            "--malformed-rate", "0.5")
+        summary = run_fleet(broker.url, "--devices", "20", "--rate", "20", "--duration", "3", "--malformed-rate", "0.5")
         _assert_exact(gw, summary)
-        out = subprocess.run(["firegw", "dead-letters", "--json", "--limit", "10000"], capture_output=True,
-                             text=True, check=True, env={"FIREGW_STORE__PATH": str(gw.db), "PATH": _path()})
+        out = subprocess.run(
+            ["firegw", "dead-letters", "--json", "--limit", "10000"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"FIREGW_STORE__PATH": str(gw.db), "PATH": _path()},
+        )
         import json
 
         rows = json.loads(out.stdout)
         reasons = " | ".join(r["reason"] for r in rows)
-        for expected in ("not valid JSON", "expected a number", "outside the physical range",
-                         "unknown device", "over the profile's limit"):
+        for expected in (
+            "not valid JSON",
+            "expected a number",
+            "outside the physical range",
+            "unknown device",
+            "over the profile's limit",
+        ):
             assert expected in reasons, expected
         assert all(r["source"] == "mqtt" and r["address"].startswith("fire/") for r in rows)
     finally:

@@ -23,10 +23,16 @@ TOKEN = "hardening-operator-0123456789"
 
 @pytest.fixture
 def gw(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayProc]:
-    g = GatewayProc(tmp_path / "gw", env={
-        "FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(ROOT / "examples" / "inventory.yaml"),
-        "FIREGW_MQTT__CLIENT_ID": f"hardening-{broker.port}", "FIREGW_API__LISTEN": f"127.0.0.1:{free_port()}",
-        "FIREGW_API__TOKENS": json.dumps([{"name": "duty", "role": "operator", "token": TOKEN}])})
+    g = GatewayProc(
+        tmp_path / "gw",
+        env={
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_INVENTORY": str(ROOT / "examples" / "inventory.yaml"),
+            "FIREGW_MQTT__CLIENT_ID": f"hardening-{broker.port}",
+            "FIREGW_API__LISTEN": f"127.0.0.1:{free_port()}",
+            "FIREGW_API__TOKENS": json.dumps([{"name": "duty", "role": "operator", "token": TOKEN}]),
+        },
+    )
     g.start()
     try:
         yield g
@@ -58,17 +64,27 @@ def test_overflowing_time_is_a_dead_letter_and_the_next_alarm_goes_through(gw: G
     assert gw.proc is not None and gw.proc.poll() is None and gw.runs == 1
 
 
-@pytest.mark.parametrize(("payload", "fire"), [
-    ({"event": "ALARM"}, True), ({"event": "Alarm"}, True), ({"event": "alarm "}, True),
-    ({"event": 1}, False), ({"event": True}, False), ({"event": "alrm"}, False),
-])
-def test_no_alarm_spelling_is_silently_accepted(gw: GatewayProc, pub: Publisher, payload: dict[str, Any],
-                                                fire: bool) -> None:
+@pytest.mark.parametrize(
+    ("payload", "fire"),
+    [
+        ({"event": "ALARM"}, True),
+        ({"event": "Alarm"}, True),
+        ({"event": "alarm "}, True),
+        ({"event": 1}, False),
+        ({"event": True}, False),
+        ({"event": "alrm"}, False),
+    ],
+)
+def test_no_alarm_spelling_is_silently_accepted(
+    gw: GatewayProc, pub: Publisher, payload: dict[str, Any], fire: bool
+) -> None:
     before = gw.cli("stats")
     pub.publish(BUTTON, json.dumps({**payload, "ts": time.time()}).encode())
+
     def accounted() -> dict[str, Any] | None:
         s: dict[str, Any] = gw.cli("stats")
         return s if s["messages"] + s["dead_letters"] > before["messages"] + before["dead_letters"] else None
+
     after = wait_for(accounted, 10, "the message accounted for")
     assert after is not None
     if fire:
@@ -91,8 +107,12 @@ def test_duplicate_keys_are_a_dead_letter(gw: GatewayProc, pub: Publisher) -> No
 def _resolve_all(gw: GatewayProc) -> None:
     for ev in gw.cli("events"):
         if ev["state"] != "resolved":
-            r = httpx.post(f"{gw.api}/api/v1/events/{ev['fire_event_id']}/resolve", json={"resolution": "test"},
-                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+            r = httpx.post(
+                f"{gw.api}/api/v1/events/{ev['fire_event_id']}/resolve",
+                json={"resolution": "test"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=10,
+            )
             assert r.status_code == 200, r.text
 
 
@@ -123,10 +143,12 @@ def test_a_reading_dated_2999_never_becomes_the_latest(gw: GatewayProc, pub: Pub
     pub.publish(PRESSURE, json.dumps({"pressure": 0.42, "ts": now}).encode())
 
     def latest() -> dict[str, Any] | None:
-        r = httpx.get(f"{gw.api}/api/v1/devices/prs-ac-0201", headers={"Authorization": f"Bearer {TOKEN}"},
-                      timeout=5).json()
+        r = httpx.get(
+            f"{gw.api}/api/v1/devices/prs-ac-0201", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+        ).json()
         value: dict[str, Any] | None = r["latest"].get("pressure")
         return value
+
     got = wait_for(latest, 10, "a latest pressure")
     assert got is not None
     assert got["value"] == 0.42 and got["quality"] == "good"

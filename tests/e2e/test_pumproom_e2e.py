@@ -16,8 +16,9 @@ from tests.support import GatewayProc, wait_for
 
 
 @contextmanager
-def pumproom(tmp: Path, scenario: str, tweak: Callable[[dict[str, Any]], None], *extra: str,
-             steps: Sequence[str] = ()) -> Iterator[tuple[PumpRoomProcess, Path]]:
+def pumproom(
+    tmp: Path, scenario: str, tweak: Callable[[dict[str, Any]], None], *extra: str, steps: Sequence[str] = ()
+) -> Iterator[tuple[PumpRoomProcess, Path]]:
     """The simulator with 2 cabinets (plus ``extra`` arguments, and ``steps`` run at once), its inventory
     written and passed through ``tweak``."""
     if steps:
@@ -32,8 +33,9 @@ def pumproom(tmp: Path, scenario: str, tweak: Callable[[dict[str, Any]], None], 
 
 
 def _gateway(tmp: Path, inv: Path) -> GatewayProc:
-    return GatewayProc(tmp / "gw", env={"FIREGW_INVENTORY": str(inv), "FIREGW_MQTT__ENABLED": "false",
-                                        "FIREGW_API__ENABLED": "false"}).start()
+    return GatewayProc(
+        tmp / "gw", env={"FIREGW_INVENTORY": str(inv), "FIREGW_MQTT__ENABLED": "false", "FIREGW_API__ENABLED": "false"}
+    ).start()
 
 
 def _open(gw: GatewayProc, rule: str) -> list[dict[str, Any]]:
@@ -44,22 +46,32 @@ def test_pump_that_fails_to_start_gives_a_critical_hazard_within_the_limit(tmp_p
     def short_limit(data: dict[str, Any]) -> None:
         for s in data["sites"]:
             s["rules"] = {"pump_start": {"limit_s": 4}}
+
     with pumproom(tmp_path, "pump-fails-to-start", short_limit) as (_, inv):
         gw = _gateway(tmp_path, inv)
         try:
             # the physics: pressure falls, the pressure switch closes, and no pump runs
-            wait_for(lambda: any(r["metric"] == "pressure_switch" and r["value"] is True
-                                 for r in gw.cli("readings", "cabinet-001", "--metric", "pressure_switch")),
-                     20, "pressure switch closed")
+            wait_for(
+                lambda: any(
+                    r["metric"] == "pressure_switch" and r["value"] is True
+                    for r in gw.cli("readings", "cabinet-001", "--metric", "pressure_switch")
+                ),
+                20,
+                "pressure switch closed",
+            )
             readings = gw.cli("readings", "cabinet-001")
             assert {"metric", "value", "unit", "ts", "quality"} <= set(readings[0])
             hz = wait_for(lambda: _open(gw, "pump_start"), 20, "pump failed to start hazard")
             assert hz[0]["severity"] == "critical" and hz[0]["tier"] == "enforcement"
             assert hz[0]["class"] == "pump_failure"
-            switch_at = min(r["ts"] for r in gw.cli("readings", "cabinet-001", "--metric", "pressure_switch")
-                            if r["value"] is True)
-            assert not any(r["value"] is True for r in gw.cli("readings", "cabinet-001", "--metric", "pump1_run")
-                           if r["ts"] > switch_at)
+            switch_at = min(
+                r["ts"] for r in gw.cli("readings", "cabinet-001", "--metric", "pressure_switch") if r["value"] is True
+            )
+            assert not any(
+                r["value"] is True
+                for r in gw.cli("readings", "cabinet-001", "--metric", "pump1_run")
+                if r["ts"] > switch_at
+            )
         finally:
             gw.stop()
 
@@ -68,13 +80,22 @@ def test_standby_pump_takes_over_and_no_critical_hazard(tmp_path: Path) -> None:
     def short_limit(data: dict[str, Any]) -> None:
         for s in data["sites"]:
             s["rules"] = {"pump_start": {"limit_s": 20}}
+
     with pumproom(tmp_path, "standby-takes-over", short_limit) as (_, inv):
         gw = _gateway(tmp_path, inv)
         try:
-            wait_for(lambda: any(r["value"] is True for r in gw.cli("readings", "cabinet-001", "--metric",
-                                                                  "pump2_run")), 20, "standby pump running")
-            wait_for(lambda: [h for h in gw.cli("hazards", "--open") if h["device_id"] == "cabinet-001"
-                              and h["class"] == "fault"], 15, "the duty pump's start failure as a fault hazard")
+            wait_for(
+                lambda: any(r["value"] is True for r in gw.cli("readings", "cabinet-001", "--metric", "pump2_run")),
+                20,
+                "standby pump running",
+            )
+            wait_for(
+                lambda: [
+                    h for h in gw.cli("hazards", "--open") if h["device_id"] == "cabinet-001" and h["class"] == "fault"
+                ],
+                15,
+                "the duty pump's start failure as a fault hazard",
+            )
             assert _open(gw, "pump_start") == []
         finally:
             gw.stop()
@@ -84,8 +105,19 @@ def test_cabinet_left_in_manual_gives_a_supervisory_hazard_and_turns_the_site_ye
     def short_hold(data: dict[str, Any]) -> None:
         for d in data["devices"]:
             if d["profile"] == "fire-pump-cabinet":
-                d["rules"] = [{"kind": "state_held", "name": "pump1_not_auto", "point": "pump1_mode", "not_value": 1,
-                               "hold_s": 2, "hazard_class": "supervisory", "severity": "major", "hard": True}]
+                d["rules"] = [
+                    {
+                        "kind": "state_held",
+                        "name": "pump1_not_auto",
+                        "point": "pump1_mode",
+                        "not_value": 1,
+                        "hold_s": 2,
+                        "hazard_class": "supervisory",
+                        "severity": "major",
+                        "hard": True,
+                    }
+                ]
+
     with pumproom(tmp_path, "cabinet-manual", short_hold) as (_, inv):
         gw = _gateway(tmp_path, inv)
         try:
@@ -130,8 +162,13 @@ def test_slow_unit_behind_a_sequential_server_never_makes_its_neighbour_unreacha
             healthy = ("cabinet-002", "tank-1", "panel-1")
             n = {d: len(gw.cli("readings", d)) for d in healthy}
             # polls go on: the healthy cabinet's keepalive is 60 s, so wait for a value that changes
-            wait_for(lambda: len(gw.cli("readings", "cabinet-002", "--metric", "outlet_pressure"))
-                     > n["cabinet-002"] // 40 + 3, 20, "more pressure readings of the healthy cabinet")
+            wait_for(
+                lambda: (
+                    len(gw.cli("readings", "cabinet-002", "--metric", "outlet_pressure")) > n["cabinet-002"] // 40 + 3
+                ),
+                20,
+                "more pressure readings of the healthy cabinet",
+            )
             status = _device_status(gw)
             assert status["cabinet-001"] == "unreachable"
             assert all(status[d] == "online" for d in healthy), status
@@ -155,8 +192,11 @@ def test_registers_a_device_lacks_split_the_read_and_give_one_hazard(tmp_path: P
     with pumproom(tmp_path, "normal", lambda d: None, steps=["lack 1 holding 7 9", "lack 2 holding 2 4"]) as (_, inv):
         gw = _gateway(tmp_path, inv)
         try:
-            hz = wait_for(lambda: [h for h in gw.cli("hazards", "--open") if h["rule"] == "points_unreadable"],
-                          30, "the unreadable points hazard")
+            hz = wait_for(
+                lambda: [h for h in gw.cli("hazards", "--open") if h["rule"] == "points_unreadable"],
+                30,
+                "the unreadable points hazard",
+            )
             assert [h["device_id"] for h in hz] == ["cabinet-002"]
             assert hz[0]["title_zh"] and hz[0]["title_en"]
             modes = {"pump1_mode", "pump2_mode", "jockey_mode"}

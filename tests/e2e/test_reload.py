@@ -20,9 +20,15 @@ def test_sighup_reload_validates_first(tmp_path: Path, broker: Mosquitto) -> Non
     full = yaml.safe_load(inv.read_text(encoding="utf-8"))
     first = {"sites": full["sites"], "devices": full["devices"][:4]}
     inv.write_text(yaml.safe_dump(first, allow_unicode=True), encoding="utf-8")
-    gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                           "FIREGW_PROFILES_DIR": str(profiles),
-                                           "FIREGW_MQTT__CLIENT_ID": "reload"}).start()
+    gw = GatewayProc(
+        tmp_path / "gw",
+        env={
+            "FIREGW_MQTT__URL": broker.url,
+            "FIREGW_INVENTORY": str(inv),
+            "FIREGW_PROFILES_DIR": str(profiles),
+            "FIREGW_MQTT__CLIENT_ID": "reload",
+        },
+    ).start()
     try:
         assert gw.proc is not None
         # a broken profile: reported, and the running set stays
@@ -36,8 +42,11 @@ def test_sighup_reload_validates_first(tmp_path: Path, broker: Mosquitto) -> Non
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "SIGHUP: reloaded" in gw.log(), 10, "the reload")
         summary = run_fleet(broker.url, "--devices", "8", "--rate", "2", "--duration", "2")
-        st = wait_for(lambda: store_stats(gw.db) if store_stats(gw.db).get("messages") == summary["sent"] else {},
-                      20, "every message accepted")
+        st = wait_for(
+            lambda: store_stats(gw.db) if store_stats(gw.db).get("messages") == summary["sent"] else {},
+            20,
+            "every message accepted",
+        )
         assert st["dead_letters"] == 0 and st["devices_seen"] == 8
     finally:
         assert gw.stop() == 0

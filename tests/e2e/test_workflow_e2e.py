@@ -18,8 +18,14 @@ from tests.support import ROOT, GatewayProc, run_fleet, wait_for, write_inventor
 
 def _cli(gw: GatewayProc, *args: str) -> Any:
     env = {**os.environ, "FIREGW_STORE__PATH": str(gw.db), **gw.env}
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--json"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -32,17 +38,30 @@ def _inventory(tmp_path: Path, devices: int, tweak: Any) -> Path:
     return inv
 
 
-def test_button_alarm_opens_one_fire_event_escalates_and_survives_restart(tmp_path: Path,
-                                                                           broker: Mosquitto) -> None:
+def test_button_alarm_opens_one_fire_event_escalates_and_survives_restart(tmp_path: Path, broker: Mosquitto) -> None:
     def fast_station(data: dict[str, Any]) -> None:
         for s in data["sites"]:
             s["station"]["response_time_s"] = 2
+
     inv = _inventory(tmp_path, 16, fast_station)
-    gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                           "FIREGW_MQTT__CLIENT_ID": "wf-alarm"}).start()
+    gw = GatewayProc(
+        tmp_path / "gw",
+        env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv), "FIREGW_MQTT__CLIENT_ID": "wf-alarm"},
+    ).start()
     try:
-        summary = run_fleet(broker.url, "--devices", "16", "--rate", "2", "--duration", "3",
-                            "--scenario", "button-alarm", "--alarm-at", "1")
+        summary = run_fleet(
+            broker.url,
+            "--devices",
+            "16",
+            "--rate",
+            "2",
+            "--duration",
+            "3",
+            "--scenario",
+            "button-alarm",
+            "--alarm-at",
+            "1",
+        )
         assert summary["by_kind"].get("alarm") == 1
         events = wait_for(lambda: _cli(gw, "events", "--open"), 10, "a fire event")
         assert len(events) == 1
@@ -70,11 +89,15 @@ def test_silent_device_gives_offline_hazard_without_new_messages(tmp_path: Path,
     def fast_no_data(data: dict[str, Any]) -> None:
         for d in data["devices"]:
             d["rules"] = [{"kind": "no_data", "cadence_s": 1.0}]
+
     inv = _inventory(tmp_path, 8, fast_no_data)
-    gw = GatewayProc(tmp_path / "gw", env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-                                           "FIREGW_MQTT__CLIENT_ID": "wf-silent"}).start()
+    gw = GatewayProc(
+        tmp_path / "gw",
+        env={"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv), "FIREGW_MQTT__CLIENT_ID": "wf-silent"},
+    ).start()
     try:
         run_fleet(broker.url, "--devices", "8", "--rate", "2", "--duration", "1.5")
+
         # every device is silent now: each gets one offline hazard from the timer, no message needed
         def offline() -> list[dict[str, Any]]:
             found = [h for h in _cli(gw, "hazards", "--open") if h["rule"] == "offline"]
@@ -82,7 +105,8 @@ def test_silent_device_gives_offline_hazard_without_new_messages(tmp_path: Path,
 
         hazards = wait_for(offline, 20, "offline hazards")
         assert sorted(h["device_id"] for h in hazards) == sorted(
-            d["device_id"] for d in yaml.safe_load(inv.read_text())["devices"])
+            d["device_id"] for d in yaml.safe_load(inv.read_text())["devices"]
+        )
         h = hazards[0]
         assert h["class"] == "offline" and h["state"] == "proposed" and h["tier"] == "grid_member"
         assert h["title_zh"] and h["title_en"] and h["count"] == 1

@@ -22,17 +22,24 @@ OPERATOR = "loop-operator-token-0123456789"
 
 @contextmanager
 def receiver(tmp: Path, scenario: str, api: str, *extra: str) -> Iterator[str]:
-    with WorkflowReceiverProcess(secret=SECRET, scenario=scenario, api=api, token=OPERATOR, args=extra,
-                                 log=tmp / f"workflow-{scenario}.log").start() as rx:
+    with WorkflowReceiverProcess(
+        secret=SECRET, scenario=scenario, api=api, token=OPERATOR, args=extra, log=tmp / f"workflow-{scenario}.log"
+    ).start() as rx:
         yield rx.url
 
 
 def _gateway(tmp: Path, inv: Path, broker: Mosquitto | None, hook: str, api_port: int) -> GatewayProc:
     config = tmp / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"api": {"tokens": [{"name": "station-duty", "role": "operator",
-                                                           "token": OPERATOR}]}}))
-    env = {"FIREGW_INVENTORY": str(inv), "FIREGW_CONFIG": str(config), "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
-           "FIREGW_WEBHOOK__URL": hook + "/events", "FIREGW_WEBHOOK__SECRET": SECRET}
+    config.write_text(
+        yaml.safe_dump({"api": {"tokens": [{"name": "station-duty", "role": "operator", "token": OPERATOR}]}})
+    )
+    env = {
+        "FIREGW_INVENTORY": str(inv),
+        "FIREGW_CONFIG": str(config),
+        "FIREGW_API__LISTEN": f"127.0.0.1:{api_port}",
+        "FIREGW_WEBHOOK__URL": hook + "/events",
+        "FIREGW_WEBHOOK__SECRET": SECRET,
+    }
     if broker is not None:
         env.update({"FIREGW_MQTT__URL": broker.url, "FIREGW_MQTT__CLIENT_ID": f"loop-{api_port}"})
     else:
@@ -59,10 +66,24 @@ def test_button_alarm_is_acknowledged_and_resolved_by_the_station(tmp_path: Path
     with receiver(tmp_path, "ack-resolve", f"http://127.0.0.1:{api_port}") as hook:
         gw = _gateway(tmp_path, inv, broker, hook, api_port).start()
         try:
-            run_fleet(broker.url, "--devices", "8", "--rate", "1", "--duration", "2", "--scenario", "button-alarm",
-                      "--alarm-at", "0.5")
-            wait_for(lambda: _types(hook, "fire_event") == ["opened", "acknowledged", "resolved"], 20,
-                     "opened → acknowledged → resolved delivered, in order")
+            run_fleet(
+                broker.url,
+                "--devices",
+                "8",
+                "--rate",
+                "1",
+                "--duration",
+                "2",
+                "--scenario",
+                "button-alarm",
+                "--alarm-at",
+                "0.5",
+            )
+            wait_for(
+                lambda: _types(hook, "fire_event") == ["opened", "acknowledged", "resolved"],
+                20,
+                "opened → acknowledged → resolved delivered, in order",
+            )
             bodies = [b for b in _received(hook) if b["kind"] == "fire_event"]
             assert {b["event_id"] for b in bodies} == {b["event_id"] for b in bodies}  # unique per transition
             assert len({b["event_id"] for b in bodies}) == 3 and len({b["subject_id"] for b in bodies}) == 1
@@ -80,35 +101,50 @@ def test_cabinet_in_manual_goes_through_the_whole_hazard_loop_back_to_green(tmp_
         data = yaml.safe_load(inv.read_text())
         for d in data["devices"]:
             if d["profile"] == "fire-pump-cabinet":
-                d["rules"] = [{"kind": "state_held", "name": "pump1_not_auto", "point": "pump1_mode",
-                               "not_value": 1, "hold_s": 2, "hazard_class": "supervisory", "severity": "major",
-                               "hard": True}]
+                d["rules"] = [
+                    {
+                        "kind": "state_held",
+                        "name": "pump1_not_auto",
+                        "point": "pump1_mode",
+                        "not_value": 1,
+                        "hold_s": 2,
+                        "hazard_class": "supervisory",
+                        "severity": "major",
+                        "hard": True,
+                    }
+                ]
         inv.write_text(yaml.safe_dump(data, allow_unicode=True))
         api_port = free_port()
         with receiver(tmp_path, "ack-resolve", f"http://127.0.0.1:{api_port}") as hook:
             gw = _gateway(tmp_path, inv, None, hook, api_port).start()
             try:
                 room.command("fault 1 manual")
-                wait_for(lambda: "opened" in _types(hook, "hazard", lambda b: b["hazard"]["rule"] ==
-                                                    "pump1_not_auto"), 20, "the manual-mode hazard delivered")
+                wait_for(
+                    lambda: "opened" in _types(hook, "hazard", lambda b: b["hazard"]["rule"] == "pump1_not_auto"),
+                    20,
+                    "the manual-mode hazard delivered",
+                )
                 room.command("clear 1")  # the cabinet is put back in automatic: the condition ends
 
                 def loop_done() -> list[str]:
                     types = _types(hook, "hazard", lambda b: b["hazard"]["rule"] == "pump1_not_auto")
                     return types if "closed" in types else []
+
                 types = wait_for(loop_done, 30, "the hazard closed by the workflow")
                 want = ["opened", "dispatched", "rectifying", "rectified", "closed"]
                 assert [t for t in types if t in want] == want  # delivered in order
                 site = data["sites"][0]["site_id"]
-                sites = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/sites",
-                                  headers={"Authorization": f"Bearer {OPERATOR}"}).json()
+                sites = httpx.get(
+                    f"http://127.0.0.1:{api_port}/api/v1/sites", headers={"Authorization": f"Bearer {OPERATOR}"}
+                ).json()
                 assert next(s for s in sites if s["site_id"] == site)["code"] == "green"
             finally:
                 gw.stop()
 
 
-def test_receiver_down_then_back_and_gateway_killed_mid_delivery_lose_nothing(tmp_path: Path,
-                                                                               broker: Mosquitto) -> None:
+def test_receiver_down_then_back_and_gateway_killed_mid_delivery_lose_nothing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     inv = tmp_path / "inventory.yaml"
     write_inventory(inv, 24)
     data = yaml.safe_load(inv.read_text())
@@ -119,14 +155,28 @@ def test_receiver_down_then_back_and_gateway_killed_mid_delivery_lose_nothing(tm
     with receiver(tmp_path, "record", f"http://127.0.0.1:{api_port}", "--down-after", "3", "--down-for", "6") as hook:
         gw = _gateway(tmp_path, inv, broker, hook, api_port).start()
         try:
-            run_fleet(broker.url, "--devices", "24", "--rate", "1", "--duration", "1.5", "--scenario", "button-alarm",
-                      "--alarm-at", "0.2")
+            run_fleet(
+                broker.url,
+                "--devices",
+                "24",
+                "--rate",
+                "1",
+                "--duration",
+                "1.5",
+                "--scenario",
+                "button-alarm",
+                "--alarm-at",
+                "0.2",
+            )
             wait_for(lambda: len(_received(hook)) >= 3, 20, "first deliveries")
             gw.kill()  # mid-delivery, with the receiver away
             gw.start()
             expected = wait_for(lambda: _outbox(gw.db), 20, "outbox rows")
-            wait_for(lambda: len(_received(hook)) >= len(_outbox(gw.db)) and _all_delivered(gw.db), 60,
-                     "every outbox row delivered")
+            wait_for(
+                lambda: len(_received(hook)) >= len(_outbox(gw.db)) and _all_delivered(gw.db),
+                60,
+                "every outbox row delivered",
+            )
             got = _received(hook)
             ids = [b["event_id"] for b in got]
             assert len(ids) == len(set(ids))  # /received holds first arrivals: exactly once after dedup
@@ -160,5 +210,3 @@ def _all_delivered(db: Path) -> bool:
 
 def _trail(db: Path) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in _query(db, "SELECT event_id, subject_id FROM workflow_events ORDER BY seq")]
-
-

@@ -36,8 +36,11 @@ from gateway.store.sqlite import Store
 from gateway.store.workflow import WorkflowStore, event_body
 from tests.support import PROFILES
 
-TOKENS = {"viewer": "viewer-token-0123456789", "operator": "operator-token-0123456789",
-          "admin": "admin-token-0123456789"}
+TOKENS = {
+    "viewer": "viewer-token-0123456789",
+    "operator": "operator-token-0123456789",
+    "admin": "admin-token-0123456789",
+}
 BUTTON = (PROFILES / "onekey-alarm-button.yaml").read_text()
 DASHBOARD = Path(__file__).resolve().parents[2] / "gateway" / "dashboard"
 MAX_BODY = 65_536
@@ -45,21 +48,35 @@ T = TypeVar("T")
 
 
 def _site(site_id: str, town: str, grid_cell: str, domain: str) -> dict[str, Any]:
-    return {"site_id": site_id, "name": f"{town}{site_id}", "enterprise": "示范单位", "town": town,
-            "grid_cell": grid_cell, "domain": domain, "address": f"{town}1号",
-            "station": {"station_id": f"mfs-{site_id}", "name": f"{town}微型消防站", "response_time_s": 180}}
+    return {
+        "site_id": site_id,
+        "name": f"{town}{site_id}",
+        "enterprise": "示范单位",
+        "town": town,
+        "grid_cell": grid_cell,
+        "domain": domain,
+        "address": f"{town}1号",
+        "station": {"station_id": f"mfs-{site_id}", "name": f"{town}微型消防站", "response_time_s": 180},
+    }
 
 
 def _device(device_id: str, site_id: str, profile: str) -> dict[str, Any]:
-    return {"device_id": device_id, "site_id": site_id, "profile": profile,
-            "location": {"building": "1号楼", "floor": "2", "room": "201"}}
+    return {
+        "device_id": device_id,
+        "site_id": site_id,
+        "profile": profile,
+        "location": {"building": "1号楼", "floor": "2", "room": "201"},
+    }
 
 
-INVENTORY = {"sites": [_site("site-a", "安昌街道", "AC-01", "industrial"),
-                       _site("site-b", "柯桥街道", "KQ-02", "street_shop")],
-             "devices": [_device("button-1", "site-a", "onekey-alarm-button"),
-                         _device("level-1", "site-a", "water-level-sensor"),
-                         _device("smoke-1", "site-b", "nbiot-smoke-detector")]}
+INVENTORY = {
+    "sites": [_site("site-a", "安昌街道", "AC-01", "industrial"), _site("site-b", "柯桥街道", "KQ-02", "street_shop")],
+    "devices": [
+        _device("button-1", "site-a", "onekey-alarm-button"),
+        _device("level-1", "site-a", "water-level-sensor"),
+        _device("smoke-1", "site-b", "nbiot-smoke-detector"),
+    ],
+}
 
 
 # ---------------------------------------------------------------------------- the world
@@ -81,22 +98,37 @@ class Committer:
         with self._lock, Store(self.path) as st, st.transaction():
             return fn(st)
 
-    async def act(self, kind: str, subject_id: str, action: str, actor: str, note: str,
-                  params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def act(
+        self, kind: str, subject_id: str, action: str, actor: str, note: str, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         now = int(time.time() * 1000)
-        return await asyncio.to_thread(self.call, lambda st: [
-            event_body(r) for r in self.hooks.act(st, kind, subject_id, action, actor, note, params, now)])
+        return await asyncio.to_thread(
+            self.call,
+            lambda st: [event_body(r) for r in self.hooks.act(st, kind, subject_id, action, actor, note, params, now)],
+        )
 
     async def admin(self, op: str, args: dict[str, Any]) -> Any:
         self.admin_calls.append((op, args))
         now = int(time.time() * 1000)
         if op == "override":
-            return await asyncio.to_thread(self.call, lambda st: self.hooks.set_override(
-                st, args["site_id"], args["code"], args["reason"], args["actor"], args["until_ms"],
-                args["stop_business"], now))
+            return await asyncio.to_thread(
+                self.call,
+                lambda st: self.hooks.set_override(
+                    st,
+                    args["site_id"],
+                    args["code"],
+                    args["reason"],
+                    args["actor"],
+                    args["until_ms"],
+                    args["stop_business"],
+                    now,
+                ),
+            )
         if op == "inspection":
-            return await asyncio.to_thread(self.call, lambda st: self.hooks.record_inspection(
-                st, args["site_id"], args["actor"], args["note"], now))
+            return await asyncio.to_thread(
+                self.call,
+                lambda st: self.hooks.record_inspection(st, args["site_id"], args["actor"], args["note"], now),
+            )
         if op == "activate_profile" and self.activation_error is not None:
             raise self.activation_error
         return None
@@ -127,20 +159,42 @@ class World:
 
     def seed(self) -> World:
         now = self.now_ms = int(time.time() * 1000)
-        button = [Reading("site-a", "button-1", "fire_alarm", True, "", now, now, point_class=PointClass.ALARM,
-                          urgent=True),
-                  Reading("site-a", "button-1", "fault", True, "", now, now, point_class=PointClass.FAULT,
-                          urgent=True)]
-        level = [Reading("site-a", "level-1", "level", 3.0 + i / 10, "m", now - (5 - i) * 1000, now,
-                         quality=Quality.SUSPECT if i == 4 else Quality.GOOD) for i in range(5)]
+        button = [
+            Reading("site-a", "button-1", "fire_alarm", True, "", now, now, point_class=PointClass.ALARM, urgent=True),
+            Reading("site-a", "button-1", "fault", True, "", now, now, point_class=PointClass.FAULT, urgent=True),
+        ]
+        level = [
+            Reading(
+                "site-a",
+                "level-1",
+                "level",
+                3.0 + i / 10,
+                "m",
+                now - (5 - i) * 1000,
+                now,
+                quality=Quality.SUSPECT if i == 4 else Quality.GOOD,
+            )
+            for i in range(5)
+        ]
 
         def write(st: Store) -> None:
             st.insert_readings(button + level)
             st.update_state(button + level, {"button-1": ("site-a", now), "level-1": ("site-a", now)})
             self.committer.hooks.on_readings(st, button, now)
-            st.insert_dead([DeadLetter("mqtt", "fire/site-a/button/button-1/up", b"\xff{not json" * 1000,
-                                       "payload is not JSON", now, "button-1"),
-                            DeadLetter("mqtt", "fire/x/y/z/up", b"{}", "unknown device", now)])
+            st.insert_dead(
+                [
+                    DeadLetter(
+                        "mqtt",
+                        "fire/site-a/button/button-1/up",
+                        b"\xff{not json" * 1000,
+                        "payload is not JSON",
+                        now,
+                        "button-1",
+                    ),
+                    DeadLetter("mqtt", "fire/x/y/z/up", b"{}", "unknown device", now),
+                ]
+            )
+
         self.committer.call(write)
         with Store(self.db, readonly=True) as st:
             ws = WorkflowStore(st.conn)
@@ -150,14 +204,20 @@ class World:
 
     def settings(self, *, tokens: bool = True, **api: Any) -> GatewaySettings:
         toks = [{"name": f"{role}-user", "role": role, "token": tok} for role, tok in TOKENS.items()] if tokens else []
-        return GatewaySettings.model_validate({"store": {"path": str(self.db)},
-                                               "api": {"tokens": toks, "max_body_bytes": MAX_BODY, **api}})
+        return GatewaySettings.model_validate(
+            {"store": {"path": str(self.db)}, "api": {"tokens": toks, "max_body_bytes": MAX_BODY, **api}}
+        )
 
     def context(self, *, tokens: bool = True, workflow: bool = True, **api: Any) -> ApiContext:
-        return ApiContext(settings=self.settings(tokens=tokens, **api), health=self.health,
-                          catalog=lambda: self.catalog, act=self.committer.act if workflow else None,
-                          admin=self.committer.admin if workflow else None, static_dir=DASHBOARD,
-                          sandbox=self.sandbox)
+        return ApiContext(
+            settings=self.settings(tokens=tokens, **api),
+            health=self.health,
+            catalog=lambda: self.catalog,
+            act=self.committer.act if workflow else None,
+            admin=self.committer.admin if workflow else None,
+            static_dir=DASHBOARD,
+            sandbox=self.sandbox,
+        )
 
     def client(self, ctx: ApiContext | None = None) -> Client:
         return Client(create_app(ctx or self.context()))
@@ -248,8 +308,12 @@ def _operations(app: FastAPI) -> list[tuple[str, str]]:
 
 def _request(world: World, method: str, path: str) -> tuple[str, dict[str, Any] | None]:
     """A concrete, valid request for an operation of the schema."""
-    url = (path.replace("{site_id}", "site-a").replace("{device_id}", "button-1")
-           .replace("{event_id}", world.fire_event_id).replace("{hazard_id}", world.hazard_id))
+    url = (
+        path.replace("{site_id}", "site-a")
+        .replace("{device_id}", "button-1")
+        .replace("{event_id}", world.fire_event_id)
+        .replace("{hazard_id}", world.hazard_id)
+    )
     if path == "/api/v1/events/{event_id}/{action}":
         return url.replace("{action}", "acknowledge"), {"note": "on our way"}
     if path == "/api/v1/hazards/{hazard_id}/{action}":
@@ -311,8 +375,9 @@ def test_the_dashboards_role_probe(client: Client) -> None:
     assert client.post(probe, headers=auth("operator")).status_code == 404
 
 
-def test_failed_authentications_are_logged_but_not_per_request(client: Client,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_authentications_are_logged_but_not_per_request(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="gateway.api"):
         for _ in range(30):
             assert client.get("/api/v1/sites", headers={"Authorization": "Bearer not-a-token"}).status_code == 401
@@ -366,8 +431,11 @@ def test_readings_typed_and_filtered(world: World, client: Client) -> None:
     assert [r["value"] for r in rows] == [3.0, 3.1, 3.2, 3.3, 3.4]
     assert rows[0]["unit"] == "m" and rows[0]["ts"].endswith("Z") and rows[-1]["quality"] == "suspect"
     since = rows[2]["ts"]
-    assert [r["value"] for r in client.get(f"/api/v1/readings?device=level-1&since={since}",
-                                           headers=v).json()] == [3.2, 3.3, 3.4]
+    assert [r["value"] for r in client.get(f"/api/v1/readings?device=level-1&since={since}", headers=v).json()] == [
+        3.2,
+        3.3,
+        3.4,
+    ]
     assert len(client.get("/api/v1/readings?device=level-1&limit=2", headers=v).json()) == 2
     button = client.get("/api/v1/readings?device=button-1&metric=fire_alarm", headers=v).json()
     assert [r["value"] for r in button] == [True]
@@ -383,8 +451,9 @@ def test_dead_letters_newest_first_truncated_and_paged(world: World, client: Cli
     assert junk["size"] == 10_000 and junk["truncated"] is True and len(junk["payload"]) <= 4096
     assert len(junk["digest"]) == 64 and junk["at"].endswith("Z")
     assert client.get(f"/api/v1/dead-letters?before={rows[0]['id']}", headers=v).json() == [junk]
-    world.committer.call(lambda st: st.insert_dead([DeadLetter("mqtt", "t", b"x" * 5000, "junk", world.now_ms)
-                                                    for _ in range(400)]))
+    world.committer.call(
+        lambda st: st.insert_dead([DeadLetter("mqtt", "t", b"x" * 5000, "junk", world.now_ms) for _ in range(400)])
+    )
     page = client.get("/api/v1/dead-letters?limit=1000", headers=v)
     assert page.status_code == 200 and len(page.content) < 1_100_000 and 200 < len(page.json()) < 400
 
@@ -409,11 +478,21 @@ def test_stats_metrics_and_readiness(world: World, client: Client) -> None:
 
 def test_no_store_yet_is_a_503(world: World, tmp_path: Path) -> None:
     ctx = world.context()
-    ctx = replace(ctx, settings=ctx.settings.model_copy(update={"store": ctx.settings.store.model_copy(
-        update={"path": tmp_path / "none" / "firegw.db"})}))
+    ctx = replace(
+        ctx,
+        settings=ctx.settings.model_copy(
+            update={"store": ctx.settings.store.model_copy(update={"path": tmp_path / "none" / "firegw.db"})}
+        ),
+    )
     with world.client(ctx) as client:
-        for path in ("/api/v1/sites", "/api/v1/devices", "/api/v1/events", "/api/v1/stats",
-                     f"/api/v1/hazards/{world.hazard_id}", "/api/v1/dead-letters"):
+        for path in (
+            "/api/v1/sites",
+            "/api/v1/devices",
+            "/api/v1/events",
+            "/api/v1/stats",
+            f"/api/v1/hazards/{world.hazard_id}",
+            "/api/v1/dead-letters",
+        ):
             r = client.get(path, headers=auth("viewer"))
             assert r.status_code == 503 and r.json() == {"detail": "the store is not ready"}, path
         r = client.get("/readyz", headers=auth("viewer"))
@@ -455,27 +534,40 @@ def test_hazard_confirmed_dispatched_and_closed(world: World, client: Client) ->
     r = client.post(url + "/confirm", headers=op, json={"severity": "major", "deadline": "2999-01-01T00:00:00"})
     assert r.status_code == 200, r.text
     h = r.json()["subject"]
-    assert (h["state"], h["severity"], h["tier"], h["deadline"]) == ("confirmed", "major", "supervisor",
-                                                                     "2999-01-01T00:00:00.000Z")
+    assert (h["state"], h["severity"], h["tier"], h["deadline"]) == (
+        "confirmed",
+        "major",
+        "supervisor",
+        "2999-01-01T00:00:00.000Z",
+    )
     assert client.get("/api/v1/sites/site-a", headers=op).json()["code"] == "yellow"
     assert client.get("/api/v1/hazards?severity=minor", headers=op).json() == []
-    assert client.post(url + "/dispatch", headers=op, json={"assignee": "网格员1"}).json()["subject"]["assignee"] \
+    assert (
+        client.post(url + "/dispatch", headers=op, json={"assignee": "网格员1"}).json()["subject"]["assignee"]
         == "网格员1"
+    )
     assert client.post(url + "/start", headers=op).status_code == 200
     assert client.post(url + "/rectified", headers=op).status_code == 200
     r = client.post(url + "/close", headers=op)
     assert r.status_code == 409 and "note" in r.json()["detail"]
     r = client.post(url + "/close", headers=op, json={"note": "复查合格，销号"})
     assert r.status_code == 200 and r.json()["subject"]["state"] == "closed"
-    assert [t["type"] for t in r.json()["subject"]["trail"]] == ["opened", "confirmed", "dispatched", "rectifying",
-                                                                 "rectified", "closed"]
+    assert [t["type"] for t in r.json()["subject"]["trail"]] == [
+        "opened",
+        "confirmed",
+        "dispatched",
+        "rectifying",
+        "rectified",
+        "closed",
+    ]
     assert client.get("/api/v1/sites/site-a", headers=op).json()["code"] == "green"
 
 
 def test_override_and_inspection(world: World, client: Client) -> None:
     admin, op = auth("admin"), auth("operator")
-    r = client.post("/api/v1/sites/site-a/override", headers=admin,
-                    json={"code": "red", "reason": "停业整改 ordered by the town"})
+    r = client.post(
+        "/api/v1/sites/site-a/override", headers=admin, json={"code": "red", "reason": "停业整改 ordered by the town"}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["record"]["type"] == "override_set" and r.json()["record"]["snapshot"]["code"] == "red"
     assert r.json()["site"]["code"] == "red" and r.json()["site"]["overridden"] is True
@@ -488,16 +580,23 @@ def test_override_and_inspection(world: World, client: Client) -> None:
     assert r.status_code == 200 and r.json()["site_id"] == "site-b" and r.json()["last_inspection"]
     assert client.post("/api/v1/sites/site-b/inspection", headers=op).status_code == 200  # the body is optional
     assert client.post("/api/v1/sites/nope/inspection", headers=op).status_code == 404
-    assert [op_ for op_, _ in world.committer.admin_calls] == ["override", "override", "override", "inspection",
-                                                               "inspection"]
+    assert [op_ for op_, _ in world.committer.admin_calls] == [
+        "override",
+        "override",
+        "override",
+        "inspection",
+        "inspection",
+    ]
 
 
 def test_without_the_workflow_actions_are_a_503(world: World) -> None:
     with world.client(world.context(workflow=False)) as client:
-        for url, body, role in [(f"/api/v1/events/{world.fire_event_id}/acknowledge", {}, "operator"),
-                                (f"/api/v1/hazards/{world.hazard_id}/confirm", {}, "operator"),
-                                ("/api/v1/sites/site-a/inspection", {}, "operator"),
-                                ("/api/v1/sites/site-a/override", {"code": "red", "reason": "x"}, "admin")]:
+        for url, body, role in [
+            (f"/api/v1/events/{world.fire_event_id}/acknowledge", {}, "operator"),
+            (f"/api/v1/hazards/{world.hazard_id}/confirm", {}, "operator"),
+            ("/api/v1/sites/site-a/inspection", {}, "operator"),
+            ("/api/v1/sites/site-a/override", {"code": "red", "reason": "x"}, "admin"),
+        ]:
             r = client.post(url, json=body, headers=auth(role))
             assert r.status_code == 503 and "not running its workflow" in r.json()["detail"], url
         # unknown ids are still a 404 first
@@ -526,8 +625,11 @@ def test_bad_requests_get_4xx_and_change_nothing(world: World, client: Client) -
 
 
 def test_validation_errors_do_not_echo_the_input(client: Client) -> None:
-    r = client.post("/api/v1/sites/site-a/override", headers=auth("admin"),
-                    json={"code": "purple", "reason": "x" * 3000, "extra": "y" * 10_000})
+    r = client.post(
+        "/api/v1/sites/site-a/override",
+        headers=auth("admin"),
+        json={"code": "purple", "reason": "x" * 3000, "extra": "y" * 10_000},
+    )
     assert r.status_code == 422 and len(r.content) < 2000
     assert {tuple(d) for d in r.json()["detail"]} == {("loc", "msg", "type")}
 
@@ -545,8 +647,11 @@ BAD_INPUT: list[tuple[str, str, bytes]] = [
     ("POST", "/api/v1/profiles/validate", json.dumps({"profile_yaml": "a: " + "[" * 20_000}).encode()),
     ("POST", "/api/v1/profiles/validate", json.dumps({"profile_yaml": "- " * 20_000 + "x"}).encode()),
     ("POST", "/api/v1/profiles/validate", json.dumps({"profile_yaml": ""}).encode()),
-    ("POST", "/api/v1/profiles/activate", json.dumps({"profile_yaml": BUTTON.replace(
-        "profile: onekey-alarm-button", "profile: a" + "b" * 300)}).encode()),
+    (
+        "POST",
+        "/api/v1/profiles/activate",
+        json.dumps({"profile_yaml": BUTTON.replace("profile: onekey-alarm-button", "profile: a" + "b" * 300)}).encode(),
+    ),
     ("POST", "/api/v1/sites/nope/override", b'{"code": "red", "reason": "\\udfff"}'),
     ("POST", "/api/v1/sites/site-a/override", b'{"code": "red", "reason": ""}'),
     ("POST", "/api/v1/sites/site-a/override", b'{"code": "red", "reason": "x", "until": "1999-01-01T00:00:00Z"}'),
@@ -554,11 +659,9 @@ BAD_INPUT: list[tuple[str, str, bytes]] = [
 
 
 @pytest.mark.parametrize(("method", "path", "body"), BAD_INPUT)
-def test_bad_input_is_a_4xx_never_a_500(world: World, client: Client, method: str, path: str,
-                                        body: bytes) -> None:
+def test_bad_input_is_a_4xx_never_a_500(world: World, client: Client, method: str, path: str, body: bytes) -> None:
     url = path.format(ev=world.fire_event_id, hz=world.hazard_id)
-    r = client.request(method, url, content=body or None,
-                       headers={**auth("admin"), "Content-Type": "application/json"})
+    r = client.request(method, url, content=body or None, headers={**auth("admin"), "Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, f"{method} {path} {body[:60]!r} -> {r.status_code} {r.text[:200]}"
 
 
@@ -583,8 +686,7 @@ class _Asgi:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
 
-    async def post(self, path: str, headers: Sequence[tuple[bytes, bytes]],
-                   chunks: Sequence[bytes]) -> tuple[int, int]:
+    async def post(self, path: str, headers: Sequence[tuple[bytes, bytes]], chunks: Sequence[bytes]) -> tuple[int, int]:
         """(status, how many body chunks the app asked for)."""
         asked = 0
         status = 0
@@ -637,10 +739,20 @@ class Stream:
 
 
 def _scope(method: str, path: str, headers: Sequence[tuple[bytes, bytes]]) -> dict[str, Any]:
-    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "root_path": "", "headers": [(b"host", b"gw"), *headers], "client": ("192.0.2.7", 50000),
-            "server": ("gw", 80)}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"gw"), *headers],
+        "client": ("192.0.2.7", 50000),
+        "server": ("gw", 80),
+    }
 
 
 def _bearer(role: str) -> tuple[bytes, bytes]:
@@ -658,6 +770,7 @@ def test_token_and_size_are_checked_before_the_body_is_read(world: World) -> Non
         status, asked = await asgi.post("/api/v1/profiles/validate", [_bearer("admin")], chunked)
         assert status == 413 and asked == MAX_BODY // 4096 + 1, asked  # 413 at the chunk that passed
         assert await asgi.post("/api/v1/profiles/validate", [], chunked) == (401, 0)
+
     asyncio.run(main())
 
 
@@ -704,6 +817,7 @@ def test_streams_are_capped_per_token(world: World) -> None:
         assert again.status == 200
         await again.close()
         assert app.state.api.streams == {}
+
     asyncio.run(main())
 
 
@@ -717,9 +831,11 @@ def test_profiles_listed_with_their_devices(client: Client) -> None:
 
 
 def test_dry_run_validates_and_decodes_a_sample(client: Client) -> None:
-    bad = {"profile_yaml": "profile: x\nkind: k\ntitle: {zh: a, en: b}\ntransport: mqtt\ncadence_s: 1\n"
-                           "mqtt: {topic: 'a/{device_id}'}\npoints: [{name: p, class: analog, type: float, "
-                           "path: v, unit: furlong}]\n"}
+    bad = {
+        "profile_yaml": "profile: x\nkind: k\ntitle: {zh: a, en: b}\ntransport: mqtt\ncadence_s: 1\n"
+        "mqtt: {topic: 'a/{device_id}'}\npoints: [{name: p, class: analog, type: float, "
+        "path: v, unit: furlong}]\n"
+    }
     r = client.post("/api/v1/profiles/validate", json=bad, headers=auth("viewer"))
     assert r.status_code == 200 and r.json()["valid"] is False and r.json()["profile"] is None
     assert any("points[0]" in p and "furlong" in p for p in r.json()["problems"])
@@ -737,20 +853,20 @@ def test_activation_goes_to_the_gateway(world: World, client: Client) -> None:
     r = client.post("/api/v1/profiles/activate", json=body, headers=auth("admin"))
     assert r.status_code == 200, r.text
     assert r.json()["activated"] == "onekey-alarm-button" and r.json()["version"] == 3
-    assert world.committer.admin_calls == [("activate_profile", {"name": "onekey-alarm-button",
-                                                                 "yaml": body["profile_yaml"],
-                                                                 "actor": "admin-user"})]
+    assert world.committer.admin_calls == [
+        ("activate_profile", {"name": "onekey-alarm-button", "yaml": body["profile_yaml"], "actor": "admin-user"})
+    ]
     r = client.post("/api/v1/profiles/activate", json={"profile_yaml": "profile: x\n"}, headers=auth("admin"))
     assert r.status_code == 422 and r.json()["detail"]["valid"] is False and len(world.committer.admin_calls) == 1
     world.committer.activation_error = ConfigError(["onekey-alarm-button.yaml: points: clashes with the inventory"])
     r = client.post("/api/v1/profiles/activate", json=body, headers=auth("admin"))
     assert r.status_code == 409
-    assert r.json() == {"detail": {"valid": False,
-                                   "problems": ["onekey-alarm-button.yaml: points: clashes with the inventory"]}}
+    assert r.json() == {
+        "detail": {"valid": False, "problems": ["onekey-alarm-button.yaml: points: clashes with the inventory"]}
+    }
 
 
-def test_a_failing_route_answers_500_without_its_details(world: World,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_route_answers_500_without_its_details(world: World, caplog: pytest.LogCaptureFixture) -> None:
     def broken() -> Catalog:
         raise RuntimeError("secret internals")
 

@@ -29,8 +29,7 @@ from tests.integration.test_api import BUTTON, Client, World, auth, inventory_ca
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sandbox = Sandbox(timeout_s=30)
     try:
-        yield World(tmp_path_factory.mktemp("world"), inventory_catalog(tmp_path_factory.mktemp("inv")),
-                    sandbox).seed()
+        yield World(tmp_path_factory.mktemp("world"), inventory_catalog(tmp_path_factory.mktemp("inv")), sandbox).seed()
     finally:
         sandbox.close()
 
@@ -81,8 +80,11 @@ def test_every_operation_documents_a_typed_answer(document: dict[str, Any]) -> N
             assert list(ok) == ["200"], (method, path, list(op["responses"]))
             for code, answer in op["responses"].items():  # the errors are documented too
                 if code != "200":
-                    assert _resolve(document, answer["content"]["application/json"]["schema"])["properties"], \
-                        (method, path, code)
+                    assert _resolve(document, answer["content"]["application/json"]["schema"])["properties"], (
+                        method,
+                        path,
+                        code,
+                    )
             content = ok["200"]["content"]
             if path == "/metrics":
                 assert content == {"text/plain": {"schema": {"type": "string"}}}
@@ -116,8 +118,10 @@ def test_answers_match_their_documented_schema(world: World, client: Client, doc
     ev, hz = world.fire_event_id, world.hazard_id
     v, op, admin = auth("viewer"), auth("operator"), auth("admin")
     calls: list[tuple[str, str, str, dict[str, str], Any]] = [
-        ("GET", "/healthz", "/healthz", v, None), ("GET", "/readyz", "/readyz", v, None),
-        ("GET", "/metrics", "/metrics", v, None), ("GET", "/api/v1/stats", "/api/v1/stats", v, None),
+        ("GET", "/healthz", "/healthz", v, None),
+        ("GET", "/readyz", "/readyz", v, None),
+        ("GET", "/metrics", "/metrics", v, None),
+        ("GET", "/api/v1/stats", "/api/v1/stats", v, None),
         ("GET", "/api/v1/whoami", "/api/v1/whoami", op, None),
         ("GET", "/api/v1/sites", "/api/v1/sites", v, None),
         ("GET", "/api/v1/sites/{site_id}", "/api/v1/sites/site-a", v, None),
@@ -138,16 +142,36 @@ def test_answers_match_their_documented_schema(world: World, client: Client, doc
         ("POST", "/api/v1/events/{event_id}/{action}", f"/api/v1/events/{ev}/resolve", op, {}),
         ("POST", "/api/v1/events/{event_id}/{action}", f"/api/v1/events/{ev}/acknowledge", op, {"note": "x"}),
         ("POST", "/api/v1/events/{event_id}/{action}", "/api/v1/events/nope/acknowledge", op, {}),
-        ("POST", "/api/v1/hazards/{hazard_id}/{action}", f"/api/v1/hazards/{hz}/confirm", op,
-         {"severity": "critical", "deadline": "2999-01-01T00:00:00Z"}),
+        (
+            "POST",
+            "/api/v1/hazards/{hazard_id}/{action}",
+            f"/api/v1/hazards/{hz}/confirm",
+            op,
+            {"severity": "critical", "deadline": "2999-01-01T00:00:00Z"},
+        ),
         ("POST", "/api/v1/hazards/{hazard_id}/{action}", f"/api/v1/hazards/{hz}/explode", op, {}),
-        ("POST", "/api/v1/sites/{site_id}/override", "/api/v1/sites/site-a/override", admin,
-         {"code": "yellow", "reason": "整改", "until": "2999-01-01T00:00:00Z"}),
-        ("POST", "/api/v1/sites/{site_id}/override", "/api/v1/sites/site-a/override", admin,
-         {"code": None, "reason": "lifted"}),
+        (
+            "POST",
+            "/api/v1/sites/{site_id}/override",
+            "/api/v1/sites/site-a/override",
+            admin,
+            {"code": "yellow", "reason": "整改", "until": "2999-01-01T00:00:00Z"},
+        ),
+        (
+            "POST",
+            "/api/v1/sites/{site_id}/override",
+            "/api/v1/sites/site-a/override",
+            admin,
+            {"code": None, "reason": "lifted"},
+        ),
         ("POST", "/api/v1/sites/{site_id}/inspection", "/api/v1/sites/site-b/inspection", op, {"note": "ok"}),
-        ("POST", "/api/v1/profiles/validate", "/api/v1/profiles/validate", v,
-         {"profile_yaml": BUTTON, "sample": '{"event": "alarm", "ts": 1764400000}'}),
+        (
+            "POST",
+            "/api/v1/profiles/validate",
+            "/api/v1/profiles/validate",
+            v,
+            {"profile_yaml": BUTTON, "sample": '{"event": "alarm", "ts": 1764400000}'},
+        ),
         ("POST", "/api/v1/profiles/validate", "/api/v1/profiles/validate", v, {"profile_yaml": "a: [[[[[[" * 10}),
         ("POST", "/api/v1/profiles/activate", "/api/v1/profiles/activate", admin, {"profile_yaml": BUTTON}),
         ("POST", "/api/v1/profiles/activate", "/api/v1/profiles/activate", admin, {"profile_yaml": "x: 1"}),
@@ -205,10 +229,13 @@ def _store_rows(world: World) -> dict[str, Any]:
     with Store(world.db, readonly=True) as st:
         ws = WorkflowStore(st.conn)
         device = next(d for d in st.devices() if d["latest"])
-        return {"stats": {**st.stats(), **st.workflow_stats()}, "dead": st.dead_letters()[0],
-                "trail": ws.trail("fire_event", world.fire_event_id)[0],
-                "latest": next(iter(device["latest"].values())),
-                "site": site_summaries(world.catalog, ws, world.now_ms)[0]}
+        return {
+            "stats": {**st.stats(), **st.workflow_stats()},
+            "dead": st.dead_letters()[0],
+            "trail": ws.trail("fire_event", world.fire_event_id)[0],
+            "latest": next(iter(device["latest"].values())),
+            "site": site_summaries(world.catalog, ws, world.now_ms)[0],
+        }
 
 
 def test_no_response_model_drops_a_field(world: World) -> None:

@@ -75,7 +75,8 @@ def _stats(store: Store) -> dict[str, int]:
 
 
 def test_a_message_that_breaks_a_rule_is_dead_lettered_alone(
-        rig: tuple[Committer, Poisoned, Store, list[list[object]]]) -> None:
+    rig: tuple[Committer, Poisoned, Store, list[list[object]]],
+) -> None:
     c, hooks, store, acked = rig
     t = time.time()
     batch = [_msg(SMOKE, {"event": "heartbeat", "ts": t + i, "battery": 80}, i) for i in range(40)]
@@ -83,8 +84,11 @@ def test_a_message_that_breaks_a_rule_is_dead_lettered_alone(
     batch.append(_msg(BUTTON, {"event": "alarm", "ts": t}, 2000))
     for m in batch:
         assert c.put(m)
-    st = wait_for(lambda: (lambda s: s if s["messages"] + s["dead_letters"] >= 42 else None)(_stats(store)), 10,
-                  "every message accounted for")
+    st = wait_for(
+        lambda: (lambda s: s if s["messages"] + s["dead_letters"] >= 42 else None)(_stats(store)),
+        10,
+        "every message accounted for",
+    )
     assert st is not None and (st["messages"], st["dead_letters"]) == (41, 1)
     assert st["events_open"] == 1  # the alarm in the same batch opened its fire event
     with Store(store.path, readonly=True) as ro:
@@ -96,7 +100,8 @@ def test_a_message_that_breaks_a_rule_is_dead_lettered_alone(
 
 
 def test_store_failure_is_retried_and_nothing_is_acknowledged_meanwhile(
-        rig: tuple[Committer, Poisoned, Store, list[list[object]]]) -> None:
+    rig: tuple[Committer, Poisoned, Store, list[list[object]]],
+) -> None:
     c, hooks, store, acked = rig
     hooks.store_failures = 2  # the next two attempts fail as a full disk would
     t = time.time()

@@ -57,8 +57,10 @@ class MissingVariable(Exception):
         self.name = name
 
 
-_VAR = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
-                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:(?P<dollar>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
@@ -121,9 +123,13 @@ def _token_entry(name: str, role: str, token: str) -> str:
 
 #: What docker/.env holds, with test values (tests that need docker/init-secrets' own output run it).
 TEST_TOKENS = {"duty": ("operator", "test-operator-token-0123456789")}
-TEST_ENV = {"MQTT_FIREGW_PASSWORD": "test-mqtt-password", "INFLUX_ADMIN_PASSWORD": "test-influx-password",
-            "INFLUX_TOKEN": "test-influx-token", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
-            "API_TOKENS": "[" + ", ".join(_token_entry(n, r, t) for n, (r, t) in TEST_TOKENS.items()) + "]"}
+TEST_ENV = {
+    "MQTT_FIREGW_PASSWORD": "test-mqtt-password",
+    "INFLUX_ADMIN_PASSWORD": "test-influx-password",
+    "INFLUX_TOKEN": "test-influx-token",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
+    "API_TOKENS": "[" + ", ".join(_token_entry(n, r, t) for n, (r, t) in TEST_TOKENS.items()) + "]",
+}
 COMPOSE: dict[str, Any] = interpolate(RAW_COMPOSE, TEST_ENV)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 GATEWAY_ENV: dict[str, str] = {k: str(v) for k, v in SERVICES["gateway"]["environment"].items()}
@@ -151,8 +157,10 @@ def _instr(name: str) -> list[str]:
 
 def _mosquitto_conf() -> list[tuple[str, str]]:
     lines = (DOCKER / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
-    return [(k, v.strip()) for k, _, v in (ln.strip().partition(" ") for ln in lines if ln.strip()
-                                           and not ln.strip().startswith("#"))]
+    return [
+        (k, v.strip())
+        for k, _, v in (ln.strip().partition(" ") for ln in lines if ln.strip() and not ln.strip().startswith("#"))
+    ]
 
 
 def _readme_config() -> dict[str, Any]:
@@ -164,8 +172,12 @@ def _readme_config() -> dict[str, Any]:
 
 
 def _field_of(env_key: str) -> tuple[str, ...]:
-    top = {"FIREGW_INVENTORY": ("inventory",), "FIREGW_PROFILES_DIR": ("profiles_dir",),
-           "FIREGW_LOG_LEVEL": ("log_level",), "FIREGW_CONFIG": ()}
+    top = {
+        "FIREGW_INVENTORY": ("inventory",),
+        "FIREGW_PROFILES_DIR": ("profiles_dir",),
+        "FIREGW_LOG_LEVEL": ("log_level",),
+        "FIREGW_CONFIG": (),
+    }
     if env_key in top:
         return top[env_key]
     section, sep, key = env_key.removeprefix("FIREGW_").lower().partition("__")
@@ -234,11 +246,13 @@ def test_broker_and_database_addresses_are_services_with_those_ports() -> None:
     # the gateway's MQTT user is the one the ACL privileges and the entrypoint gives a password
     assert GATEWAY_ENV["FIREGW_MQTT__USERNAME"] == "firegw"
     assert "user firegw" in _acl_lines(MOSQ / "acl")
-    assert "mosquitto_passwd \"$new\" firegw" in (MOSQ / "entrypoint.sh").read_text(encoding="utf-8")
+    assert 'mosquitto_passwd "$new" firegw' in (MOSQ / "entrypoint.sh").read_text(encoding="utf-8")
     broker_env = SERVICES["mosquitto"]["environment"]
     assert broker_env["MQTT_FIREGW_PASSWORD"] == GATEWAY_ENV["FIREGW_MQTT__PASSWORD"]
-    assert RAW_COMPOSE["services"]["mosquitto"]["environment"]["MQTT_FIREGW_PASSWORD"] == \
-        RAW_COMPOSE["services"]["gateway"]["environment"]["FIREGW_MQTT__PASSWORD"]  # one variable: no drift
+    assert (
+        RAW_COMPOSE["services"]["mosquitto"]["environment"]["MQTT_FIREGW_PASSWORD"]
+        == RAW_COMPOSE["services"]["gateway"]["environment"]["FIREGW_MQTT__PASSWORD"]
+    )  # one variable: no drift
 
 
 def _listeners() -> dict[int, dict[str, str]]:
@@ -255,15 +269,18 @@ def _listeners() -> dict[int, dict[str, str]]:
 
 
 def _acl_lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.strip().startswith("#")]
+    return [
+        ln.strip()
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
 
 
 def _in_container(path: str) -> Path:
     """A path in the broker's container: the mounted configuration folder, or the entrypoint's auth folder."""
     for src, dst in _mounts("mosquitto"):
         if path.startswith(dst.rstrip("/") + "/") and src.startswith("."):
-            return DOCKER / src / path[len(dst.rstrip("/")) + 1:]
+            return DOCKER / src / path[len(dst.rstrip("/")) + 1 :]
     raise AssertionError(f"{path}: not in a folder mounted from docker/")
 
 
@@ -287,8 +304,9 @@ def test_mosquitto_keeps_messages_and_requires_authentication() -> None:
     assert entry[0] == "/bin/sh" and script == MOSQ / "entrypoint.sh"
     text = script.read_text(encoding="utf-8")
     auth_dir = re.search(r"auth_dir=\$\{MOSQUITTO_AUTH_DIR:-(\S+)\}", text)
-    assert auth_dir and {c["password_file"] for c in listeners.values() if "password_file" in c} == \
-        {auth_dir[1] + "/passwd"}
+    assert auth_dir and {c["password_file"] for c in listeners.values() if "password_file" in c} == {
+        auth_dir[1] + "/passwd"
+    }
     assert not (MOSQ / "passwd").exists(), "a password file in the repository: it is built at start now"
     for key in SERVICES["mosquitto"].get("environment", {}):  # every variable given is one the entrypoint reads
         assert "${" + key in text, f"mosquitto: {key} is not read by entrypoint.sh"
@@ -465,8 +483,9 @@ def test_no_secret_is_written_in_compose(service: str) -> None:
     env = RAW_COMPOSE["services"][service].get("environment") or {}
     for key, value in env.items():
         if SECRET_NAME.search(key) or key == "FIREGW_API__TOKENS":
-            assert re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*:\?[^}]*\}", str(value)), \
+            assert re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*:\?[^}]*\}", str(value)), (
                 f"{service}: {key} must be a required variable, not {value!r}"
+            )
     # nor anywhere else: no token digests, no long random strings
     text = (DOCKER / "compose.yaml").read_text(encoding="utf-8")
     assert not re.search(r"[0-9a-f]{32,}|sha256:\s*\w", text, re.I)
@@ -486,10 +505,15 @@ def test_compose_refuses_to_start_without_each_secret() -> None:
 def test_secret_files_are_ignored_by_git() -> None:
     for path in ("docker/.env", "docker/api-tokens.txt", "docker/mosquitto/users.passwd"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
-    tracked = subprocess.run(["git", "ls-files", "docker"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
-    assert not {"docker/.env", "docker/api-tokens.txt", "docker/mosquitto/users.passwd",
-                "docker/mosquitto/passwd"} & set(tracked)
+    tracked = subprocess.run(
+        ["git", "ls-files", "docker"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not {
+        "docker/.env",
+        "docker/api-tokens.txt",
+        "docker/mosquitto/users.passwd",
+        "docker/mosquitto/passwd",
+    } & set(tracked)
 
 
 def _loopback(host: str) -> bool:
@@ -505,18 +529,23 @@ def test_api_listens_beyond_loopback_only_with_tokens() -> None:
     s = load_settings(DOCKER / "gateway.example.yaml", env=GATEWAY_ENV)
     assert not _loopback(s.api.host)  # published from the container
     assert s.api.tokens and {t.name for t in s.api.tokens} == set(TEST_TOKENS)
-    assert {t.digest for t in s.api.tokens} == {hashlib.sha256(tok.encode()).hexdigest()
-                                                for _, tok in TEST_TOKENS.values()}
+    assert {t.digest for t in s.api.tokens} == {
+        hashlib.sha256(tok.encode()).hexdigest() for _, tok in TEST_TOKENS.values()
+    }
     # and the tokens are not optional: without them compose does not start at all
-    assert _variables(RAW_COMPOSE["services"]["gateway"]["environment"]["FIREGW_API__TOKENS"]) == \
-        [("API_TOKENS", ":?")]
+    assert _variables(RAW_COMPOSE["services"]["gateway"]["environment"]["FIREGW_API__TOKENS"]) == [("API_TOKENS", ":?")]
     # were they dropped from the file, the gateway would refuse to start (exit 2, naming the settings)
     without = {k: v for k, v in GATEWAY_ENV.items() if k != "FIREGW_API__TOKENS"}
     with pytest.raises(ConfigError, match=r"api\.tokens"):
         load_settings(DOCKER / "gateway.example.yaml", env=without)
-    run = subprocess.run([PYTHON, "-m", "gateway.cli", "run", "--config", str(DOCKER / "gateway.example.yaml")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **without})
+    run = subprocess.run(
+        [PYTHON, "-m", "gateway.cli", "run", "--config", str(DOCKER / "gateway.example.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **without},
+    )
     assert run.returncode == 2 and "api.tokens" in run.stderr + run.stdout, (run.returncode, run.stderr[-2000:])
     # the example file (the image's own config) stays loopback-only when it has no tokens
     example = yaml.safe_load((DOCKER / "gateway.example.yaml").read_text(encoding="utf-8"))
@@ -524,8 +553,14 @@ def test_api_listens_beyond_loopback_only_with_tokens() -> None:
 
 
 def _run_init_secrets(where: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(where / "init-secrets")], capture_output=True, text=True, timeout=60,
-                          check=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    return subprocess.run(
+        ["bash", str(where / "init-secrets")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
 
 
 def test_init_secrets_writes_every_variable_privately_once(tmp_path: Path) -> None:
@@ -542,10 +577,14 @@ def test_init_secrets_writes_every_variable_privately_once(tmp_path: Path) -> No
     services = interpolate(RAW_COMPOSE, env)["services"]
     gw_env = {k: str(v) for k, v in services["gateway"]["environment"].items()}
     s = load_settings(DOCKER / "gateway.example.yaml", env=gw_env)
-    rows = [ln.split() for ln in tokens_file.read_text(encoding="utf-8").splitlines()
-            if ln.strip() and not ln.startswith("#")]
-    assert {(r[0], r[1], hashlib.sha256(r[2].encode()).hexdigest()) for r in rows} == \
-        {(t.name, t.role, t.digest) for t in s.api.tokens}
+    rows = [
+        ln.split()
+        for ln in tokens_file.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert {(r[0], r[1], hashlib.sha256(r[2].encode()).hexdigest()) for r in rows} == {
+        (t.name, t.role, t.digest) for t in s.api.tokens
+    }
     assert {t.role for t in s.api.tokens} == {"viewer", "operator", "admin"}
     assert not any(r[2] in env_file.read_text(encoding="utf-8") for r in rows), "a plain token in .env"
     # idempotent: a second run keeps what is there
@@ -595,8 +634,11 @@ class Client:
         self._acks: dict[int, Any] = {}
         self._subacks: dict[int, list[Any]] = {}
         self._cond = threading.Condition()
-        c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
-                        client_id=f"t-{username or 'anon'}-{uuid.uuid4().hex[:6]}")
+        c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            client_id=f"t-{username or 'anon'}-{uuid.uuid4().hex[:6]}",
+        )
         if username is not None:
             c.username_pw_set(username, password)
         c.on_connect = self._on_connect
@@ -664,13 +706,13 @@ class Client:
 NOT_AUTHORIZED = 0x87
 
 
-def publish_raw(port: int, topic: str, payload: bytes, username: str | None = None,
-                password: str | None = None) -> int:
+def publish_raw(port: int, topic: str, payload: bytes, username: str | None = None, password: str | None = None) -> int:
     """One MQTT 5 QoS 1 publish over a bare socket; the PUBACK's reason code.
 
     For a payload over ``message_size_limit`` Mosquitto 2.0 answers a failure code that is not valid in a
     PUBACK (0x95, packet too large): paho takes it for a protocol error, drops the connection and
     sends the message again on reconnect, so the refusal is read here without paho."""
+
     def varint(n: int) -> bytes:
         out = bytearray()
         while True:
@@ -706,8 +748,9 @@ def publish_raw(port: int, topic: str, payload: bytes, username: str | None = No
     flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     client_id = f"raw-{uuid.uuid4().hex[:8]}".encode()
     connect = lp(b"MQTT") + bytes([5, flags]) + struct.pack("!H", 30) + b"\x00" + lp(client_id)
-    connect += (lp(username.encode()) if username is not None else b"") + \
-        (lp(password.encode()) if password is not None else b"")
+    connect += (lp(username.encode()) if username is not None else b"") + (
+        lp(password.encode()) if password is not None else b""
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(packet(0x10, connect))
         kind, body = read_packet(sock)
@@ -773,10 +816,19 @@ def test_mosquitto_acl_lets_each_user_do_only_its_part(tmp_path: Path, clients: 
         _passwd(conf / "users.passwd", user, password)
     _passwd(conf / "users.passwd", "firegw", "a-stale-firegw-password")  # ignored: firegw's comes from the env
     firegw_pw = "env-firegw-" + uuid.uuid4().hex
-    out = subprocess.run(["sh", str(MOSQ / "entrypoint.sh"), "true"], capture_output=True, text=True, timeout=30,
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MQTT_FIREGW_PASSWORD": firegw_pw,
-                              "MOSQUITTO_CONF_DIR": str(conf), "MOSQUITTO_AUTH_DIR": str(broker.folder("auth")),
-                              "MOSQUITTO_DATA_DIR": str(broker.folder("data"))})
+    out = subprocess.run(
+        ["sh", str(MOSQ / "entrypoint.sh"), "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "MQTT_FIREGW_PASSWORD": firegw_pw,
+            "MOSQUITTO_CONF_DIR": str(conf),
+            "MOSQUITTO_AUTH_DIR": str(broker.folder("auth")),
+            "MOSQUITTO_DATA_DIR": str(broker.folder("data")),
+        },
+    )
     assert out.returncode == 0, out.stderr
     passwd = broker.folder("auth") / "passwd"
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
@@ -793,8 +845,13 @@ def test_mosquitto_acl_lets_each_user_do_only_its_part(tmp_path: Path, clients: 
         broker.stop()
 
 
-def _check_acl(broker: DockerMosquitto, devices: dict[str, tuple[str, str]], passwords: dict[str, str],
-               firegw_pw: str, clients: list[Client]) -> None:
+def _check_acl(
+    broker: DockerMosquitto,
+    devices: dict[str, tuple[str, str]],
+    passwords: dict[str, str],
+    firegw_pw: str,
+    clients: list[Client],
+) -> None:
     def client(port: int, user: str | None = None, password: str | None = None) -> Client:
         c = Client(port, user, password)
         clients.append(c)
@@ -910,8 +967,9 @@ def test_test_broker_refuses_a_message_over_its_bound_and_goes_on(tmp_path: Path
 
 
 def test_build_context_excludes_secrets_and_keeps_what_the_image_copies() -> None:
-    ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")]
+    ignored = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     for secret in ("docker/.env", "docker/api-tokens.txt", "docker/mosquitto/users.passwd", ".git", ".venv"):
         assert secret in ignored, secret
     copied = re.findall(r"^COPY (.+) \S+$", (ROOT / "docker" / "Dockerfile").read_text(), re.M)

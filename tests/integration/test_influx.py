@@ -80,15 +80,21 @@ Key = tuple[str, str, str, int]  # measurement, device, metric, device time
 
 def _binary(name: str, package: str) -> str:
     """The server's binary; installs the Debian package when missing. A missing server fails the test."""
+
     def find() -> str | None:
-        return shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if Path(p).exists()),
-                                          None)
+        return shutil.which(name) or next(
+            (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if Path(p).exists()), None
+        )
+
     found = find()
     if found is None:
         sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "install", "-y", "-qq", package], ["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", package]):
+        for cmd in (
+            ["apt-get", "install", "-y", "-qq", package],
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", package],
+        ):
             subprocess.run([*sudo, *cmd], env=env, capture_output=True, timeout=600, check=False)
             found = find()
             if found is not None:
@@ -129,6 +135,7 @@ class _Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{args[0]} exited: {(self.workdir / 'server.log').read_text()[-2000:]}")
             return _http("GET", self.url + ready, timeout=2)[0] in (200, 204)
+
         wait_for(up, timeout, f"{args[0]} on {self.url}", interval=0.1)
 
     def kill(self) -> None:
@@ -156,16 +163,26 @@ class VictoriaMetrics(_Server):
     dedup: bool = True
 
     def start(self) -> VictoriaMetrics:
-        args = [_binary("victoria-metrics", "victoria-metrics"), f"-httpListenAddr=127.0.0.1:{self.port}",
-                f"-storageDataPath={self.workdir / 'data'}", "-retentionPeriod=100y", "-loggerLevel=ERROR"]
+        args = [
+            _binary("victoria-metrics", "victoria-metrics"),
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.workdir / 'data'}",
+            "-retentionPeriod=100y",
+            "-loggerLevel=ERROR",
+        ]
         if self.dedup:
             args.append("-dedup.minScrapeInterval=1ms")
         self._spawn(args, "/health")
         return self
 
     def env(self) -> dict[str, str]:
-        return {"FIREGW_INFLUX__URL": self.url, "FIREGW_INFLUX__API": "v2", "FIREGW_INFLUX__TOKEN": "unused",
-                "FIREGW_INFLUX__ORG": "firegw", "FIREGW_INFLUX__BUCKET": "firegw"}
+        return {
+            "FIREGW_INFLUX__URL": self.url,
+            "FIREGW_INFLUX__API": "v2",
+            "FIREGW_INFLUX__TOKEN": "unused",
+            "FIREGW_INFLUX__ORG": "firegw",
+            "FIREGW_INFLUX__BUCKET": "firegw",
+        }
 
     def settings(self, **kw: Any) -> InfluxSettings:
         return InfluxSettings(url=self.url, api="v2", token="unused", org="firegw", bucket="firegw", **kw)
@@ -189,10 +206,11 @@ class VictoriaMetrics(_Server):
         for line in body.decode().splitlines():
             if line.startswith('vm_rows_inserted_total{type="influx"}'):
                 return int(float(line.split()[-1]))
-        raise AssertionError("vm_rows_inserted_total{type=\"influx\"} not in /metrics")
+        raise AssertionError('vm_rows_inserted_total{type="influx"} not in /metrics')
 
-    def points_of(self, expected: dict[Key, dict[str, Any]], timeout: float = 15.0
-                  ) -> tuple[dict[Key, dict[str, Any]], int]:
+    def points_of(
+        self, expected: dict[Key, dict[str, Any]], timeout: float = 15.0
+    ) -> tuple[dict[Key, dict[str, Any]], int]:
         """:meth:`points`, once every expected key is searchable (VictoriaMetrics acknowledges a write
         before its in-memory parts are flushed, about once a second), or at the deadline."""
         deadline = time.monotonic() + timeout
@@ -205,8 +223,12 @@ class VictoriaMetrics(_Server):
     def points(self) -> tuple[dict[Key, dict[str, Any]], int]:
         """Every sample, by point key, and how many samples had a duplicate timestamp."""
         _http("GET", self.url + "/internal/force_flush")
-        status, body = _http("POST", self.url + "/api/v1/export",
-                             urllib.parse.urlencode({"match[]": '{__name__=~".+"}'}).encode(), timeout=120)
+        status, body = _http(
+            "POST",
+            self.url + "/api/v1/export",
+            urllib.parse.urlencode({"match[]": '{__name__=~".+"}'}).encode(),
+            timeout=120,
+        )
         assert status == 200, body[:500]
         out: dict[Key, dict[str, Any]] = {}
         dups = 0
@@ -236,13 +258,14 @@ class InfluxDB1(_Server):
         d = self.workdir
         d.mkdir(parents=True, exist_ok=True)
         conf = d / "influxdb.conf"
-        conf.write_text(f"""reporting-disabled = true
+        conf.write_text(
+            f"""reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
 [meta]
-  dir = "{d / 'meta'}"
+  dir = "{d / "meta"}"
 [data]
-  dir = "{d / 'data'}"
-  wal-dir = "{d / 'wal'}"
+  dir = "{d / "data"}"
+  wal-dir = "{d / "wal"}"
   query-log-enabled = false
 [monitor]
   store-enabled = false
@@ -252,7 +275,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   max-row-limit = 0
 [ifql]
   enabled = false
-""", encoding="utf-8")
+""",
+            encoding="utf-8",
+        )
         self._spawn([_binary("influxd", "influxdb"), "-config", str(conf)], "/ping")
         return self
 
@@ -282,8 +307,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 cols = series["columns"]
                 for row in series["values"]:
                     rec = dict(zip(cols, row, strict=True))
-                    fields = {k: rec[k] for k in ("value", "value_int", "value_str", "quality", "received_at")
-                              if rec.get(k) is not None}
+                    fields = {
+                        k: rec[k]
+                        for k in ("value", "value_int", "value_str", "quality", "received_at")
+                        if rec.get(k) is not None
+                    }
                     out[(series["name"], rec["device"], rec["metric"], int(rec["time"]))] = fields
         return out
 
@@ -318,7 +346,8 @@ def expected_points(db: Path, catalog: Catalog, upto: tuple[int, int] | None = N
     where = "" if upto is None else f" WHERE seq <= CASE urgent WHEN 0 THEN {int(upto[0])} ELSE {int(upto[1])} END"
     with contextlib.closing(sqlite3.connect(db)) as conn:
         for dev, metric, ts, value, quality, received_at in conn.execute(
-                "SELECT device_id, metric, ts, value, quality, received_at FROM readings" + where):
+            "SELECT device_id, metric, ts, value, quality, received_at FROM readings" + where
+        ):
             prof = catalog.profiles[catalog.devices[dev].profile]
             point = prof.point(metric)
             assert point is not None
@@ -331,8 +360,9 @@ def expected_points(db: Path, catalog: Catalog, upto: tuple[int, int] | None = N
 def _equal(a: dict[str, Any], b: dict[str, Any], rel: float) -> bool:
     if a.keys() != b.keys():
         return False
-    return all(a[k] == b[k] or (isinstance(a[k], float) and math.isclose(a[k], b[k], rel_tol=rel, abs_tol=0.0))
-               for k in a)
+    return all(
+        a[k] == b[k] or (isinstance(a[k], float) and math.isclose(a[k], b[k], rel_tol=rel, abs_tol=0.0)) for k in a
+    )
 
 
 def assert_same(expected: dict[Key, dict[str, Any]], actual: dict[Key, dict[str, Any]], rel: float = 0.0) -> None:
@@ -340,14 +370,16 @@ def assert_same(expected: dict[Key, dict[str, Any]], actual: dict[Key, dict[str,
     (0.4650000000000001 comes back as 0.465); InfluxDB keeps them exactly."""
     missing = expected.keys() - actual.keys()
     extra = actual.keys() - expected.keys()
-    assert not missing and not extra, (f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), "
-                                       f"{len(extra)} unexpected (e.g. {sorted(extra)[:3]})")
+    assert not missing and not extra, (
+        f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(extra)} unexpected (e.g. {sorted(extra)[:3]})"
+    )
     wrong = [(k, expected[k], actual[k]) for k in expected if not _equal(expected[k], actual[k], rel)]
     assert not wrong, f"{len(wrong)} points differ, e.g. {wrong[:3]}"
 
 
-def assert_database_equals_store(server: VictoriaMetrics | InfluxDB1, db: Path,
-                                 catalog: Catalog) -> dict[Key, dict[str, Any]]:
+def assert_database_equals_store(
+    server: VictoriaMetrics | InfluxDB1, db: Path, catalog: Catalog
+) -> dict[Key, dict[str, Any]]:
     """Every reading of the store is in the database, once, with the same fields, and nothing else is."""
     expected = expected_points(db, catalog)
     if isinstance(server, VictoriaMetrics):
@@ -394,16 +426,18 @@ def _catalog(tmp_path: Path, devices: int, town: str | None = None) -> tuple[Cat
     return load_catalog(PROFILES, inv), inv
 
 
-def _fill(db: Path, catalog: Catalog, n: int, *, urgent_every: int = 0, only: set[str] | None = None,
-          t0: int | None = None) -> None:
+def _fill(
+    db: Path, catalog: Catalog, n: int, *, urgent_every: int = 0, only: set[str] | None = None, t0: int | None = None
+) -> None:
     """Write ``n`` readings straight into the store (as the committer would), round-robin over devices."""
     t0 = t0 if t0 is not None else int(time.time() * 1000) - 3_600_000
     with Store(db, synchronous="normal") as store, store.transaction():
         store.insert_readings(_readings(catalog, 0, n, t0, urgent_every=urgent_every, only=only))
 
 
-def _readings(catalog: Catalog, first: int, n: int, t0: int, *, urgent_every: int = 0,
-              only: set[str] | None = None) -> list[Reading]:
+def _readings(
+    catalog: Catalog, first: int, n: int, t0: int, *, urgent_every: int = 0, only: set[str] | None = None
+) -> list[Reading]:
     """Readings ``first`` .. ``first + n - 1`` of a round-robin over every point of every device,
     reading ``i`` at device time ``t0 + i``: each is its own point in the database."""
     pts = []
@@ -426,8 +460,19 @@ def _readings(catalog: Catalog, first: int, n: int, t0: int, *, urgent_every: in
         else:
             value = round(0.3 + (i % 1000) / 997, 6)
         urgent = bool(urgent_every) and i % urgent_every == urgent_every - 1
-        readings.append(Reading(dev.site_id, dev.device_id, p.name, value, p.unit, t0 + i, t0 + i + 5,
-                                Quality.SUSPECT if i % 11 == 0 else Quality.GOOD, urgent=urgent))
+        readings.append(
+            Reading(
+                dev.site_id,
+                dev.device_id,
+                p.name,
+                value,
+                p.unit,
+                t0 + i,
+                t0 + i + 5,
+                Quality.SUSPECT if i % 11 == 0 else Quality.GOOD,
+                urgent=urgent,
+            )
+        )
     return readings
 
 
@@ -438,10 +483,17 @@ def _settings(url: str, **kw: Any) -> InfluxSettings:
 # ---------------------------------------------------------------------------- unit tables
 
 
-@pytest.mark.parametrize(("raw", "escaped"), [
-    ("安昌街道", "安昌街道"), ("a b", r"a\ b"), ("a,b", r"a\,b"), ("a=b", r"a\=b"), ("a\\b", "a\\\\b"),
-    ("line\nbreak", "line break"),
-])
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("安昌街道", "安昌街道"),
+        ("a b", r"a\ b"),
+        ("a,b", r"a\,b"),
+        ("a=b", r"a\=b"),
+        ("a\\b", "a\\\\b"),
+        ("line\nbreak", "line break"),
+    ],
+)
 def test_tag_escaping(raw: str, escaped: str) -> None:
     assert escape_tag(raw) == escaped
 
@@ -467,19 +519,25 @@ def test_one_field_type_per_point_type(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- outage + kill, end to end
 
 
-def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics | InfluxDB1, outage_s: float,
-                     influx_env: dict[str, str]) -> None:
+def _outage_and_kill(
+    tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics | InfluxDB1, outage_s: float, influx_env: dict[str, str]
+) -> None:
     catalog, inv = _catalog(tmp_path, DEVICES)
-    base = {"FIREGW_MQTT__URL": broker.url, "FIREGW_INVENTORY": str(inv),
-            "FIREGW_MQTT__CLIENT_ID": f"firegw-influx-{broker.port}", "FIREGW_PROFILES_DIR": str(PROFILES)}
+    base = {
+        "FIREGW_MQTT__URL": broker.url,
+        "FIREGW_INVENTORY": str(inv),
+        "FIREGW_MQTT__CLIENT_ID": f"firegw-influx-{broker.port}",
+        "FIREGW_PROFILES_DIR": str(PROFILES),
+    }
     fwd_env = {**influx_env, "FIREGW_INFLUX__BATCH_SIZE": "500", "FIREGW_INFLUX__FLUSH_INTERVAL_S": "0.2"}
     gw = GatewayProc(tmp_path / "gw", env={**base, **fwd_env}).start()
     db = gw.db
     result: dict[str, Any] = {}
 
     def fleet() -> None:
-        result.update(run_fleet(broker.url, "--devices", str(DEVICES), "--rate", str(RATE),
-                                "--duration", str(outage_s + 12)))
+        result.update(
+            run_fleet(broker.url, "--devices", str(DEVICES), "--rate", str(RATE), "--duration", str(outage_s + 12))
+        )
 
     t = threading.Thread(target=fleet)
     try:
@@ -501,26 +559,33 @@ def _outage_and_kill(tmp_path: Path, broker: Mosquitto, server: VictoriaMetrics 
         gw.start()
         t.join(120)
         assert result and result["unacknowledged"] == 0, result
-        wait_for(lambda: (store_stats(db).get("messages", 0) + store_stats(db).get("dead_letters", 0)
-                          >= result["sent"]), 60, "every message committed")
+        wait_for(
+            lambda: store_stats(db).get("messages", 0) + store_stats(db).get("dead_letters", 0) >= result["sent"],
+            60,
+            "every message committed",
+        )
         wait_for(lambda: caught_up(db), 60, "the forwarder caught up")
         assert store_stats(db)["forward_backlog"] == 0
         assert store_stats(db)["readings_stored"] == result["expected_readings"]
-        print(f"outage {outage_s:.0f}s: backlog {backlog} readings; killed at cursor {killed_at}; "
-              f"{result['expected_readings']} readings")
+        print(
+            f"outage {outage_s:.0f}s: backlog {backlog} readings; killed at cursor {killed_at}; "
+            f"{result['expected_readings']} readings"
+        )
         assert_database_equals_store(server, db, catalog)
     finally:
         t.join(120)
         gw.stop()
 
 
-def test_victoriametrics_outage_and_kill_every_point_exactly_once(tmp_path: Path, broker: Mosquitto,
-                                                                  vm: VictoriaMetrics) -> None:
+def test_victoriametrics_outage_and_kill_every_point_exactly_once(
+    tmp_path: Path, broker: Mosquitto, vm: VictoriaMetrics
+) -> None:
     _outage_and_kill(tmp_path, broker, vm, OUTAGE_VM_S, vm.env())
 
 
-def test_influxdb1_outage_and_kill_every_point_exactly_once(tmp_path: Path, broker: Mosquitto,
-                                                            influx1: InfluxDB1) -> None:
+def test_influxdb1_outage_and_kill_every_point_exactly_once(
+    tmp_path: Path, broker: Mosquitto, influx1: InfluxDB1
+) -> None:
     _outage_and_kill(tmp_path, broker, influx1, OUTAGE_V1_S, influx1.env())
 
 
@@ -536,8 +601,12 @@ def test_rejected_point_is_dead_lettered_and_the_rest_goes_on(tmp_path: Path, in
     _fill(db, catalog, 1, only={"level_sensor"}, t0=t0 + 5000)  # the one that will conflict
     # provoke a field type conflict: the same measurement and field, written first as a string
     assert influx1.write(f'level_sensor,device=other,metric=level value="not a number" {t0}') == 204
-    fwd = Forwarder(settings=_settings(influx1.url, api="v1", bucket="firegw", batch_size=1000,
-                                       flush_interval_s=0.1), catalog=catalog, store_path=db, health=Health())
+    fwd = Forwarder(
+        settings=_settings(influx1.url, api="v1", bucket="firegw", batch_size=1000, flush_interval_s=0.1),
+        catalog=catalog,
+        store_path=db,
+        health=Health(),
+    )
     run = RunningInThread(fwd, name="forwarder", timeout=30)
     try:
         wait_for(lambda: caught_up(db), 30, "every reading confirmed or dead-lettered")
@@ -575,9 +644,14 @@ def test_eviction_bound_evicts_oldest_bulk_and_keeps_every_urgent(tmp_path: Path
     port = free_port()  # nothing listens here yet: the database is down
     health = Health()
     batch = 200
-    fwd = Forwarder(settings=_settings(f"http://127.0.0.1:{port}", batch_size=batch, max_backlog_mb=0.1,
-                                       flush_interval_s=0.1), catalog=catalog, store_path=db, health=health,
-                    backoff_min_s=0.05, backoff_max_s=0.3)
+    fwd = Forwarder(
+        settings=_settings(f"http://127.0.0.1:{port}", batch_size=batch, max_backlog_mb=0.1, flush_interval_s=0.1),
+        catalog=catalog,
+        store_path=db,
+        health=health,
+        backoff_min_s=0.05,
+        backoff_max_s=0.3,
+    )
     run = RunningInThread(fwd, name="forwarder", timeout=30)
     server: VictoriaMetrics | None = None
     try:
@@ -591,7 +665,7 @@ def test_eviction_bound_evicts_oldest_bulk_and_keeps_every_urgent(tmp_path: Path
         assert evicted == len(bulk_before) - len(bulk_after) > 0
         # the batch in flight is kept; after it, the oldest went first: what is left is the newest
         in_flight = bulk_before[:batch]
-        assert bulk_after == in_flight + bulk_before[len(bulk_before) - (len(bulk_after) - batch):]
+        assert bulk_after == in_flight + bulk_before[len(bulk_before) - (len(bulk_after) - batch) :]
         stage = health.stage("forwarder:influx")
         assert stage.counters.get("evicted") == evicted and stage.connected is False
         assert 400 < len(bulk_after) + len(urgent_after) < 900  # ~0.1 MB of rows of ~130 bytes
@@ -619,8 +693,9 @@ def test_urgent_readings_overtake_a_draining_backlog(tmp_path: Path) -> None:
     backlog = 300_000
     _fill(db, catalog, backlog, only={"pressure_sensor", "level_sensor", "smoke_detector"})
     server = VictoriaMetrics(tmp_path / "vm", dedup=False).start()  # no dedup: a re-sent sample would show
-    fwd = Forwarder(settings=_settings(server.url, token="t", org="o", bucket="b"), catalog=catalog,
-                    store_path=db, health=Health())
+    fwd = Forwarder(
+        settings=_settings(server.url, token="t", org="o", bucket="b"), catalog=catalog, store_path=db, health=Health()
+    )
     button = next(d for d in catalog.inventory.devices if d.profile == "onekey-alarm-button")
     latencies: list[tuple[float, int]] = []
     run = RunningInThread(fwd, name="forwarder", timeout=30)
@@ -630,8 +705,9 @@ def test_urgent_readings_overtake_a_draining_backlog(tmp_path: Path) -> None:
             for i in range(8):
                 ts = int(time.time() * 1000)
                 with store.transaction():  # as the committer does: commit, then wake the forwarder
-                    store.insert_readings([Reading(button.site_id, button.device_id, "fire_alarm", i % 2 == 0, "",
-                                                   ts, ts, urgent=True)])
+                    store.insert_readings(
+                        [Reading(button.site_id, button.device_id, "fire_alarm", i % 2 == 0, "", ts, ts, urgent=True)]
+                    )
                 seq = head(db)
                 committed = time.monotonic()
                 fwd.wake()
@@ -660,25 +736,29 @@ def test_urgent_readings_overtake_a_draining_backlog(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the database's own crash
 
 
-@pytest.mark.parametrize(("history", "cutoff", "cursor", "floor", "expected"), [
-    # the anchor (newest position at or before the cutoff) and everything after it count
-    ([(1000, 10), (2000, 20), (3000, 30)], 2500, 40, 0, (20, True)),
-    ([(1000, 10), (2000, 20), (3000, 30)], 2000, 40, 0, (20, True)),  # a position at the cutoff is its anchor
-    ([(1000, 10), (2000, 20), (3000, 30)], 9000, 40, 0, (30, True)),  # nothing confirmed since the last one
-    # the history starts after the cutoff: its oldest position, and say so
-    ([(1000, 10), (2000, 20)], 500, 40, 0, (10, False)),
-    ([], 500, 40, 0, (40, False)),  # nothing known: nothing to go back to
-    # an earlier rewind (recorded) lies below the anchor's position: the lowest since the anchor counts
-    ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 2200, 70, 0, (20, True)),
-    ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 2600, 70, 0, (20, True)),
-    ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 3000, 70, 0, (60, True)),
-    # never below what retention pruned, never above the furthest the cursor has been
-    ([(1000, 10), (2000, 20)], 1500, 40, 15, (15, True)),
-    ([(1000, 10), (2000, 20)], 1500, 40, 45, (40, True)),
-    ([(1000, 30)], 1500, 25, 0, (25, True)),
-])
-def test_rewind_point(history: list[tuple[int, int]], cutoff: int, cursor: int, floor: int,
-                      expected: tuple[int, bool]) -> None:
+@pytest.mark.parametrize(
+    ("history", "cutoff", "cursor", "floor", "expected"),
+    [
+        # the anchor (newest position at or before the cutoff) and everything after it count
+        ([(1000, 10), (2000, 20), (3000, 30)], 2500, 40, 0, (20, True)),
+        ([(1000, 10), (2000, 20), (3000, 30)], 2000, 40, 0, (20, True)),  # a position at the cutoff is its anchor
+        ([(1000, 10), (2000, 20), (3000, 30)], 9000, 40, 0, (30, True)),  # nothing confirmed since the last one
+        # the history starts after the cutoff: its oldest position, and say so
+        ([(1000, 10), (2000, 20)], 500, 40, 0, (10, False)),
+        ([], 500, 40, 0, (40, False)),  # nothing known: nothing to go back to
+        # an earlier rewind (recorded) lies below the anchor's position: the lowest since the anchor counts
+        ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 2200, 70, 0, (20, True)),
+        ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 2600, 70, 0, (20, True)),
+        ([(1000, 10), (2000, 50), (2500, 20), (3000, 60)], 3000, 70, 0, (60, True)),
+        # never below what retention pruned, never above the furthest the cursor has been
+        ([(1000, 10), (2000, 20)], 1500, 40, 15, (15, True)),
+        ([(1000, 10), (2000, 20)], 1500, 40, 45, (40, True)),
+        ([(1000, 30)], 1500, 25, 0, (25, True)),
+    ],
+)
+def test_rewind_point(
+    history: list[tuple[int, int]], cutoff: int, cursor: int, floor: int, expected: tuple[int, bool]
+) -> None:
     assert rewind_point(history, cutoff, cursor, floor) == expected
 
 
@@ -763,7 +843,8 @@ def _restart_records(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_influxdb2_started_changes_so_everything_confirmed_in_the_window_is_sent_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """InfluxDB 2.x (not installed here): its ``/ready`` ``started`` as the identity; a new one
     re-sends what was confirmed in the window (here: everything, all of it just confirmed)."""
     monkeypatch.setattr(forwarder_module, "IDLE_CHECK_S", 0.2)  # no new readings: the idle probe notices
@@ -774,8 +855,12 @@ def test_influxdb2_started_changes_so_everything_confirmed_in_the_window_is_sent
     _fill(db, catalog, 3000, urgent_every=10)
     server = _FakeInfluxDB2()
     health = Health()
-    fwd = Forwarder(settings=_settings(server.url, token="t", org="o", bucket="b", flush_interval_s=0.1),
-                    catalog=catalog, store_path=db, health=health)
+    fwd = Forwarder(
+        settings=_settings(server.url, token="t", org="o", bucket="b", flush_interval_s=0.1),
+        catalog=catalog,
+        store_path=db,
+        health=health,
+    )
     run = RunningInThread(fwd, name="forwarder", timeout=30)
     try:
         wait_for(lambda: caught_up(db) and _instance(db) is not None, 30, "everything forwarded, identity recorded")
@@ -792,11 +877,13 @@ def test_influxdb2_started_changes_so_everything_confirmed_in_the_window_is_sent
     assert stage.counters["resent"] == 3000
     assert _restart_records(caplog) == [
         "influx: database restarted (GET /ready started=2026-11-29T08:05:00.000000001Z, was GET /ready "
-        "started=2026-11-29T08:00:00.000000001Z), re-sending 3000 readings from the last 60 s"]
+        "started=2026-11-29T08:00:00.000000001Z), re-sending 3000 readings from the last 60 s"
+    ]
 
 
-def test_no_identity_is_said_once_and_forwarding_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_no_identity_is_said_once_and_forwarding_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(forwarder_module, "UNKNOWN_RETRY_S", 0.1)
     caplog.set_level(logging.INFO, logger="gateway.sinks.forwarder")
     catalog, _ = _catalog(tmp_path, 40)
@@ -806,8 +893,12 @@ def test_no_identity_is_said_once_and_forwarding_goes_on(tmp_path: Path, monkeyp
     server = _FakeInfluxDB2()
     server.started = None
     health = Health()
-    fwd = Forwarder(settings=_settings(server.url, token="t", org="o", bucket="b", flush_interval_s=0.1),
-                    catalog=catalog, store_path=db, health=health)
+    fwd = Forwarder(
+        settings=_settings(server.url, token="t", org="o", bucket="b", flush_interval_s=0.1),
+        catalog=catalog,
+        store_path=db,
+        health=health,
+    )
     run = RunningInThread(fwd, name="forwarder", timeout=30)
     probes_before = server.gets
     try:
@@ -835,8 +926,9 @@ class _Stream:
     """Readings committed to the store as a committer would, ``per_tick`` every ``tick_s``, each commit
     followed by a wake of the forwarder; every 10th reading urgent."""
 
-    def __init__(self, db: Path, catalog: Catalog, wake: Callable[[], None], *, per_tick: int = 50,
-                 tick_s: float = 0.02) -> None:
+    def __init__(
+        self, db: Path, catalog: Catalog, wake: Callable[[], None], *, per_tick: int = 50, tick_s: float = 0.02
+    ) -> None:
         self.db, self.catalog, self.wake = db, catalog, wake
         self.per_tick, self.tick_s = per_tick, tick_s
         self.t0 = int(time.time() * 1000) - 3_600_000  # device times in the past: every one can be exported
@@ -851,8 +943,9 @@ class _Stream:
             with Store(self.db, synchronous="normal") as store:
                 while not self._stop.wait(self.tick_s):
                     with store.transaction():
-                        store.insert_readings(_readings(self.catalog, self.sent, self.per_tick, self.t0,
-                                                        urgent_every=10))
+                        store.insert_readings(
+                            _readings(self.catalog, self.sent, self.per_tick, self.t0, urgent_every=10)
+                        )
                     self.sent += self.per_tick
                     self.wake()
         except BaseException as exc:  # reported by stop()
@@ -866,8 +959,9 @@ class _Stream:
             raise self.error
 
 
-def _kill_mid_stream(tmp_path: Path, server: VictoriaMetrics | InfluxDB1, caplog: pytest.LogCaptureFixture, *,
-                     gateway_too: bool) -> None:
+def _kill_mid_stream(
+    tmp_path: Path, server: VictoriaMetrics | InfluxDB1, caplog: pytest.LogCaptureFixture, *, gateway_too: bool
+) -> None:
     """Stream readings through a forwarder; SIGKILL the database mid-stream; restart it on the same
     data folder (with ``gateway_too``, the forwarder and the stream stop with the database and come
     back after it, as on one machine losing power). Afterwards the database holds exactly the store's
@@ -880,8 +974,14 @@ def _kill_mid_stream(tmp_path: Path, server: VictoriaMetrics | InfluxDB1, caplog
     stage = health.stage("forwarder:influx")
 
     def forwarder() -> Forwarder:
-        return Forwarder(settings=server.settings(batch_size=1000, flush_interval_s=0.2), catalog=catalog,
-                         store_path=db, health=health, backoff_min_s=0.1, backoff_max_s=1.0)
+        return Forwarder(
+            settings=server.settings(batch_size=1000, flush_interval_s=0.2),
+            catalog=catalog,
+            store_path=db,
+            health=health,
+            backoff_min_s=0.1,
+            backoff_max_s=1.0,
+        )
 
     fwd = forwarder()
     run = RunningInThread(fwd, name="forwarder", timeout=30)
@@ -900,8 +1000,10 @@ def _kill_mid_stream(tmp_path: Path, server: VictoriaMetrics | InfluxDB1, caplog
             wait_for(lambda: head(db) > at_kill["influx"] + 2000, 30, "a backlog while the database is down")
         server.start()  # the same data folder
         if gateway_too:  # what the database lost of what it had confirmed, before anything is re-sent
-            lost = len(confirmed.keys() - (server.points()[0] if isinstance(server, VictoriaMetrics)
-                                           else server.points()).keys())
+            lost = len(
+                confirmed.keys()
+                - (server.points()[0] if isinstance(server, VictoriaMetrics) else server.points()).keys()
+            )
             fwd = forwarder()
             run = RunningInThread(fwd, name="forwarder", timeout=30)
             stream = _Stream(db, catalog, fwd.wake)
@@ -920,23 +1022,27 @@ def _kill_mid_stream(tmp_path: Path, server: VictoriaMetrics | InfluxDB1, caplog
     assert stage.counters["resent"] > 0
     said = _restart_records(caplog)
     assert len(said) == 1 and "re-sending" in said[0] and "from the last 60 s" in said[0], said
-    print(f"{type(server).__name__}{' and forwarder' if gateway_too else ''} killed mid-stream: "
-          f"{len(expected)} readings; {len(confirmed)} confirmed at the kill"
-          f"{f', {lost} of them missing after the restart' if lost >= 0 else ''}; "
-          f"{stage.counters['resent']} re-sent; {said[0]}")
+    print(
+        f"{type(server).__name__}{' and forwarder' if gateway_too else ''} killed mid-stream: "
+        f"{len(expected)} readings; {len(confirmed)} confirmed at the kill"
+        f"{f', {lost} of them missing after the restart' if lost >= 0 else ''}; "
+        f"{stage.counters['resent']} re-sent; {said[0]}"
+    )
 
 
 @pytest.mark.fault
 @pytest.mark.parametrize("gateway_too", [False, True], ids=["database", "database-and-forwarder"])
 def test_victoriametrics_killed_mid_stream_loses_nothing_it_confirmed(
-        tmp_path: Path, vm: VictoriaMetrics, caplog: pytest.LogCaptureFixture, gateway_too: bool) -> None:
+    tmp_path: Path, vm: VictoriaMetrics, caplog: pytest.LogCaptureFixture, gateway_too: bool
+) -> None:
     _kill_mid_stream(tmp_path, vm, caplog, gateway_too=gateway_too)
 
 
 @pytest.mark.fault
 @pytest.mark.parametrize("gateway_too", [False, True], ids=["database", "database-and-forwarder"])
 def test_influxdb1_killed_mid_stream_loses_nothing_it_confirmed(
-        tmp_path: Path, influx1: InfluxDB1, caplog: pytest.LogCaptureFixture, gateway_too: bool) -> None:
+    tmp_path: Path, influx1: InfluxDB1, caplog: pytest.LogCaptureFixture, gateway_too: bool
+) -> None:
     _kill_mid_stream(tmp_path, influx1, caplog, gateway_too=gateway_too)
 
 
@@ -996,29 +1102,66 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _make_ca(d, "ca")
     _make_ca(d, "rogue-ca")
     for name, san in (("server", "IP:127.0.0.1"), ("misnamed", "DNS:elsewhere.example"), ("client", None)):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
         ext = ["-extfile", f"{name}.cnf"] if san else []
         if san:
             (d / f"{name}.cnf").write_text(f"subjectAltName={san}\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", *ext, "-out", f"{name}.crt", cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            *ext,
+            "-out",
+            f"{name}.crt",
+            cwd=d,
+        )
     return d
 
 
 @pytest.mark.parametrize("api", ["v2", "v1"])
-@pytest.mark.parametrize(("server", "tls", "works"), [
-    ("server", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, True),
-    ("server", {"ca_file": "ca.crt"}, False),  # no client certificate
-    ("server", {"ca_file": "rogue-ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, False),
-    ("misnamed", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, False),
-    ("misnamed", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key",
-                  "check_hostname": False}, True),
-    pytest.param("misnamed", {"verify": False, "cert_file": "client.crt", "key_file": "client.key"}, True,
-                 marks=pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")),
-])
+@pytest.mark.parametrize(
+    ("server", "tls", "works"),
+    [
+        ("server", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, True),
+        ("server", {"ca_file": "ca.crt"}, False),  # no client certificate
+        ("server", {"ca_file": "rogue-ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, False),
+        ("misnamed", {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}, False),
+        (
+            "misnamed",
+            {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key", "check_hostname": False},
+            True,
+        ),
+        pytest.param(
+            "misnamed",
+            {"verify": False, "cert_file": "client.crt", "key_file": "client.key"},
+            True,
+            marks=pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
+        ),
+    ],
+)
 def test_influx_tls_block_checks_the_database_and_presents_a_client_certificate(
-        certs: Path, api: str, server: str, tls: dict[str, Any], works: bool) -> None:
+    certs: Path, api: str, server: str, tls: dict[str, Any], works: bool
+) -> None:
     db = _TlsFakeInfluxDB2(certs / f"{server}.crt", certs / f"{server}.key", certs / "ca.crt")
     given = {k: str(certs / v) if isinstance(v, str) else v for k, v in tls.items()}
     sink = InfluxSink(InfluxSettings.model_validate({"url": db.url, "api": api, "tls": given, "timeout_s": 5}))
@@ -1037,6 +1180,7 @@ def test_influx_tls_block_checks_the_database_and_presents_a_client_certificate(
 
 
 def test_influx_flat_verify_tls_key_still_switches_verification_off(certs: Path) -> None:
-    settings = InfluxSettings.model_validate({"url": "https://127.0.0.1:1", "verify_tls": False,
-                                              "ca_file": str(certs / "ca.crt")})
+    settings = InfluxSettings.model_validate(
+        {"url": "https://127.0.0.1:1", "verify_tls": False, "ca_file": str(certs / "ca.crt")}
+    )
     assert (settings.tls.verify, settings.tls.ca_file) == (False, certs / "ca.crt")

@@ -335,10 +335,7 @@ def test_simulator_restart_is_recovered_without_restarting_the_poller(tmp_path: 
             await collector.until(lambda: states("online", mark) == ids, 10, "all devices online again")
             n = len(collector.readings)
             await collector.until(
-                lambda: (
-                    any(r.quality is Quality.GOOD for r in collector.readings[n:])
-                    or len(collector.readings) > n
-                ),
+                lambda: any(r.quality is Quality.GOOD for r in collector.readings[n:]) or len(collector.readings) > n,
                 5,
                 "readings after the restart",
             )
@@ -412,9 +409,7 @@ def test_fire_demand_starts_the_duty_pump_within_the_delay(tmp_path: Path) -> No
 
             # cabinet 1: pressure falls, the switch closes, pump 1 runs within the delay
             pressures = [
-                r
-                for r in collector.readings
-                if r.device_id == "cabinet-001" and r.metric == "outlet_pressure"
+                r for r in collector.readings if r.device_id == "cabinet-001" and r.metric == "outlet_pressure"
             ]
             switch = first("cabinet-001", "pressure_switch", True)
             run1 = first("cabinet-001", "pump1_run", True)
@@ -515,9 +510,7 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
             ]
             # 2. out of the physical range: a dead letter for that point only, with the raw words
             oor = [d for d in collector.dead if d.device_id == "cabinet-003"]
-            assert "outside the physical range" in oor[0].reason and oor[0].payload == (3500).to_bytes(
-                2, "big"
-            )
+            assert "outside the physical range" in oor[0].reason and oor[0].payload == (3500).to_bytes(2, "big")
             assert "outlet_pressure" not in collector.latest("cabinet-003")
             assert "pump1_run" in collector.latest("cabinet-003")
             # 3. the unit that never answers is unreachable; the others are not
@@ -531,9 +524,7 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
             mark = len(collector.dead)
             await collector.until(
                 lambda: any(
-                    "short response" in d.reason
-                    for d in collector.dead[mark:]
-                    if d.device_id == "cabinet-002"
+                    "short response" in d.reason for d in collector.dead[mark:] if d.device_id == "cabinet-002"
                 ),
                 5,
                 "short response",
@@ -544,16 +535,12 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
                 "sentinel flagged missing",
             )
             await collector.until(
-                lambda: any(
-                    "illegal" in d.reason for d in collector.dead[mark:] if d.device_id == "cabinet-003"
-                ),
+                lambda: any("illegal" in d.reason for d in collector.dead[mark:] if d.device_id == "cabinet-003"),
                 5,
                 "exception responses",
             )
             await collector.until(
-                lambda: any(
-                    s.device_id == "cabinet-003" and s.status == "points_unreadable" for s in collector.status
-                ),
+                lambda: any(s.device_id == "cabinet-003" and s.status == "points_unreadable" for s in collector.status),
                 5,
                 "cabinet 3's points unreadable",
             )
@@ -562,9 +549,7 @@ def test_bad_input_becomes_dead_letters_and_flags_never_a_stopped_poller(tmp_pat
             n = len(collector.readings)
             await collector.until(
                 lambda: any(
-                    r.device_id == "cabinet-004"
-                    and r.metric == "outlet_pressure"
-                    and r.quality is Quality.GOOD
+                    r.device_id == "cabinet-004" and r.metric == "outlet_pressure" and r.quality is Quality.GOOD
                     for r in collector.readings[n:]
                 ),
                 5,
@@ -613,16 +598,13 @@ def test_rtu_over_tcp_and_rtu_serial(tmp_path: Path) -> None:
             health = Health()
             source, task = await _source_task(catalog, collector, health)
             ids = {d.device_id for d in catalog.inventory.devices}
-            await collector.until(
-                lambda: all(len(collector.latest(i)) > 5 for i in ids), 8, "readings over RTU"
-            )
+            await collector.until(lambda: all(len(collector.latest(i)) > 5 for i in ids), 8, "readings over RTU")
             assert not task.done()
             await source.stop()
             assert not collector.dead
             assert sorted(source.links) == sorted([f"127.0.0.1:{sim.port}", f"socket://127.0.0.1:{sim.port}"])
             assert (
-                collector.latest("serial-2")["pump1_mode"].value
-                == collector.latest("cabinet-002")["pump1_mode"].value
+                collector.latest("serial-2")["pump1_mode"].value == collector.latest("cabinet-002")["pump1_mode"].value
             )
         finally:
             await sim.stop()
@@ -725,8 +707,11 @@ def test_dead_and_slow_units_on_a_sequential_link_with_healthy_ones(
                 gaps = [(b - a) / 1000 for a, b in itertools.pairwise(polls)]
                 assert max(gaps) <= 2 * interval + 1.5, (device_id, gaps)
             assert {s.device_id for s in collector.status if s.status == "unreachable"} == bad
-            assert not [r for r in collector.readings if r.device_id in bad and r.quality is not Quality.MISSING
-                        and r.ts_ms / 1000 > t_bad]
+            assert not [
+                r
+                for r in collector.readings
+                if r.device_id in bad and r.quality is not Quality.MISSING and r.ts_ms / 1000 > t_bad
+            ]
             assert stage.counters.get("late_windows_passed", 0) > 0, stage.counters
             # pymodbus' complaints about late answers are DEBUG at most; ours: one line per state change
             assert not [r for r in caplog.records if r.name.startswith("pymodbus") and r.levelno > logging.DEBUG]
@@ -830,8 +815,15 @@ def test_simulator_rtu_framing_answers_every_request_of_a_segment(tmp_path: Path
         sim = await Sim(tmp_path, "--framer", "rtu", devices=2).start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
-            frames = [bytes((unit,)) + pdu for unit, pdu in ((1, _read_pdu(3, 0, 1)), (2, _read_pdu(3, 0, 126)),
-                                                              (1, _read_pdu(4, 0, 0)), (2, _read_pdu(2, 0, 3)))]
+            frames = [
+                bytes((unit,)) + pdu
+                for unit, pdu in (
+                    (1, _read_pdu(3, 0, 1)),
+                    (2, _read_pdu(3, 0, 126)),
+                    (1, _read_pdu(4, 0, 0)),
+                    (2, _read_pdu(2, 0, 3)),
+                )
+            ]
             writer.write(b"".join(f + _crc(f) for f in frames))
             await writer.drain()
             got = []
@@ -867,7 +859,7 @@ def test_simulator_sequential_mode_answers_in_arrival_order(tmp_path: Path) -> N
                 await writer.drain()
                 order = []
                 for _ in range(2):
-                    (tid, _, _), = await _mbap_answers(reader, 1)
+                    ((tid, _, _),) = await _mbap_answers(reader, 1)
                     order.append((tid, time.monotonic() - t0))
                 writer.close()
                 if sequential:
@@ -899,8 +891,15 @@ def test_unit_255_over_tcp_and_serial_line_settings(tmp_path: Path) -> None:
                     "device_id": "serial-1",
                     "site_id": cab.site_id,
                     "profile": cab.profile,
-                    "modbus": {"framer": "rtu", "serial_port": f"socket://127.0.0.1:{sim.port}", "unit": 1,
-                               "baudrate": 19200, "parity": "E", "stopbits": 1, "bytesize": 8},
+                    "modbus": {
+                        "framer": "rtu",
+                        "serial_port": f"socket://127.0.0.1:{sim.port}",
+                        "unit": 1,
+                        "baudrate": 19200,
+                        "parity": "E",
+                        "stopbits": 1,
+                        "bytesize": 8,
+                    },
                 }
             )
             catalog = _catalog(Inventory(sites=inventory.sites, devices=[single]), poll=0.2)
@@ -917,7 +916,10 @@ def test_unit_255_over_tcp_and_serial_line_settings(tmp_path: Path) -> None:
             update={"device_id": "serial-2", "modbus": serial.modbus.model_copy(update={"unit": 2, "parity": "N"})}
         )
         with pytest.raises(ConfigError, match="parity"):
-            ModbusSource(catalog=_catalog(Inventory(sites=inventory.sites, devices=[serial, other])),
-                         commit=Collector().commit, health=Health())
+            ModbusSource(
+                catalog=_catalog(Inventory(sites=inventory.sites, devices=[serial, other])),
+                commit=Collector().commit,
+                health=Health(),
+            )
 
     _run(main())

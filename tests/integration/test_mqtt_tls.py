@@ -24,8 +24,22 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _make_ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-             "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        cwd=d,
+    )
 
 
 @pytest.fixture
@@ -35,18 +49,58 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, Path]]:
     _make_ca(certs, "ca")
     _make_ca(certs, "rogue-ca")
     (certs / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-             "-out", "server.csr", cwd=certs)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", "san.cnf", "-out", "server.crt", cwd=certs)
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(certs / "passwd"), "firegw", "s3cret-pass"], check=True,
-                   capture_output=True)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=certs,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.crt",
+        cwd=certs,
+    )
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(certs / "passwd"), "firegw", "s3cret-pass"],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    m = Mosquitto(tmp_path / "broker", port=free_port(), extra_config="\n".join([
-        f"listener {port} 127.0.0.1",
-        f"cafile {certs}/ca.crt", f"certfile {certs}/server.crt", f"keyfile {certs}/server.key",
-        "allow_anonymous false", f"password_file {certs}/passwd", "per_listener_settings false",
-    ]))
+    m = Mosquitto(
+        tmp_path / "broker",
+        port=free_port(),
+        extra_config="\n".join(
+            [
+                f"listener {port} 127.0.0.1",
+                f"cafile {certs}/ca.crt",
+                f"certfile {certs}/server.crt",
+                f"keyfile {certs}/server.key",
+                "allow_anonymous false",
+                f"password_file {certs}/passwd",
+                "per_listener_settings false",
+            ]
+        ),
+    )
     m.tls_port = port
     m.start()
     m._wait_listening(port, 10)
@@ -57,9 +111,16 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, Path]]:
 def _gw(tmp_path: Path, m: Mosquitto, ca: Path, password: str) -> GatewayProc:
     inv = tmp_path / "inv.yaml"
     write_inventory(inv, 8)
-    return GatewayProc(tmp_path / f"gw-{ca.stem}-{password}", env={
-        "FIREGW_MQTT__URL": f"mqtts://127.0.0.1:{m.tls_port}", "FIREGW_MQTT__CA_FILE": str(ca),
-        "FIREGW_MQTT__USERNAME": "firegw", "FIREGW_MQTT__PASSWORD": password, "FIREGW_INVENTORY": str(inv)})
+    return GatewayProc(
+        tmp_path / f"gw-{ca.stem}-{password}",
+        env={
+            "FIREGW_MQTT__URL": f"mqtts://127.0.0.1:{m.tls_port}",
+            "FIREGW_MQTT__CA_FILE": str(ca),
+            "FIREGW_MQTT__USERNAME": "firegw",
+            "FIREGW_MQTT__PASSWORD": password,
+            "FIREGW_INVENTORY": str(inv),
+        },
+    )
 
 
 def test_connects_with_ca_and_credentials(tmp_path: Path, tls_broker: tuple[Mosquitto, Path]) -> None:
@@ -83,8 +144,7 @@ def test_connects_with_ca_and_credentials(tmp_path: Path, tls_broker: tuple[Mosq
         assert gw.stop() == 0
 
 
-def test_refuses_broker_whose_certificate_does_not_verify(tmp_path: Path,
-                                                          tls_broker: tuple[Mosquitto, Path]) -> None:
+def test_refuses_broker_whose_certificate_does_not_verify(tmp_path: Path, tls_broker: tuple[Mosquitto, Path]) -> None:
     m, certs = tls_broker
     gw = _gw(tmp_path, m, certs / "rogue-ca.crt", "s3cret-pass").start(wait_ready=False)
     assert gw.wait_exit(30) == 2
@@ -104,17 +164,52 @@ def mtls_broker(tmp_path: Path, tls_broker: tuple[Mosquitto, Path]) -> Iterator[
     """A second listener that wants a client certificate signed by the CA and takes its CN as the user."""
     _, certs = tls_broker
     for name in ("firegw", "tester"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=certs)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-out", f"{name}.crt", cwd=certs)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=certs,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.crt",
+            cwd=certs,
+        )
     port = free_port()
-    m = Mosquitto(tmp_path / "mtls-broker", port=free_port(), extra_config="\n".join([
-        f"listener {port} 127.0.0.1",
-        f"cafile {certs}/ca.crt", f"certfile {certs}/server.crt", f"keyfile {certs}/server.key",
-        "require_certificate true", "use_identity_as_username true", "allow_anonymous false",
-        "per_listener_settings false",
-    ]))
+    m = Mosquitto(
+        tmp_path / "mtls-broker",
+        port=free_port(),
+        extra_config="\n".join(
+            [
+                f"listener {port} 127.0.0.1",
+                f"cafile {certs}/ca.crt",
+                f"certfile {certs}/server.crt",
+                f"keyfile {certs}/server.key",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "allow_anonymous false",
+                "per_listener_settings false",
+            ]
+        ),
+    )
     m.tls_port = port
     m.start()
     m._wait_listening(port, 10)
@@ -123,21 +218,32 @@ def mtls_broker(tmp_path: Path, tls_broker: tuple[Mosquitto, Path]) -> Iterator[
 
 
 def test_mutual_tls_with_the_tls_block_and_the_events_publisher_inherits_it(
-        tmp_path: Path, mtls_broker: tuple[Mosquitto, Path]) -> None:
+    tmp_path: Path, mtls_broker: tuple[Mosquitto, Path]
+) -> None:
     """The source and the events publisher (no events_mqtt.url: the source's broker) both present
     the client certificate of mqtt.tls; set with the nested variables of the one TLS shape."""
     m, certs = mtls_broker
     inv = tmp_path / "inv.yaml"
     write_inventory(inv, 8)
-    gw = GatewayProc(tmp_path / "gw-mtls", env={
-        "FIREGW_MQTT__URL": f"mqtts://127.0.0.1:{m.tls_port}", "FIREGW_MQTT__TLS__CA_FILE": str(certs / "ca.crt"),
-        "FIREGW_MQTT__TLS__CERT_FILE": str(certs / "firegw.crt"),
-        "FIREGW_MQTT__TLS__KEY_FILE": str(certs / "firegw.key"),
-        "FIREGW_EVENTS_MQTT__ENABLED": "true", "FIREGW_INVENTORY": str(inv)}).start()
+    gw = GatewayProc(
+        tmp_path / "gw-mtls",
+        env={
+            "FIREGW_MQTT__URL": f"mqtts://127.0.0.1:{m.tls_port}",
+            "FIREGW_MQTT__TLS__CA_FILE": str(certs / "ca.crt"),
+            "FIREGW_MQTT__TLS__CERT_FILE": str(certs / "firegw.crt"),
+            "FIREGW_MQTT__TLS__KEY_FILE": str(certs / "firegw.key"),
+            "FIREGW_EVENTS_MQTT__ENABLED": "true",
+            "FIREGW_INVENTORY": str(inv),
+        },
+    ).start()
     codes: list[str] = []
     sub = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="tls-sub")
-    sub.tls_set(ca_certs=str(certs / "ca.crt"), certfile=str(certs / "tester.crt"), keyfile=str(certs / "tester.key"),
-                cert_reqs=ssl.CERT_REQUIRED)
+    sub.tls_set(
+        ca_certs=str(certs / "ca.crt"),
+        certfile=str(certs / "tester.crt"),
+        keyfile=str(certs / "tester.key"),
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
     sub.on_message = lambda _c, _u, msg: codes.append(msg.topic)
     try:
         sub.connect("127.0.0.1", m.tls_port or 0)

@@ -49,6 +49,7 @@ T0 = 1_700_000_000_000
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def _catalog(n_buttons: int = 6) -> Catalog:
     devices = [device(f"B{i}", "onekey-alarm-button") for i in range(n_buttons)]
     devices += [device("P1", "fire-pump-cabinet", host="h"), device("X2", "onekey-alarm-button", site_id="S2")]
@@ -58,8 +59,15 @@ def _catalog(n_buttons: int = 6) -> Catalog:
 def _settings(url: str | None = None, mqtt_url: str | None = None, **webhook: Any) -> GatewaySettings:
     data: dict[str, Any] = {}
     if url is not None:
-        data["webhook"] = {"url": url, "secret": SECRET, "timeout_s": 2.0, "backoff_min_s": 0.05,
-                           "backoff_max_s": 0.4, "concurrency": 4, **webhook}
+        data["webhook"] = {
+            "url": url,
+            "secret": SECRET,
+            "timeout_s": 2.0,
+            "backoff_min_s": 0.05,
+            "backoff_max_s": 0.4,
+            "concurrency": 4,
+            **webhook,
+        }
     if mqtt_url is not None:
         data["events_mqtt"] = {"enabled": True, "url": mqtt_url, "client_id": f"firegw-test-{uuid.uuid4().hex[:8]}"}
     return GatewaySettings.model_validate(data)
@@ -79,33 +87,63 @@ class Book:
 
     def fires(self, n: int) -> list[list[Transition]]:
         """n fire events, each opened → acknowledged → on_scene → resolved, steps interleaved."""
-        opened = self.w.apply([FireSignal("S1", f"B{i}", "fire_alarm", "fire_alarm", self.now) for i in range(n)],
-                              self.tick())
+        opened = self.w.apply(
+            [FireSignal("S1", f"B{i}", "fire_alarm", "fire_alarm", self.now) for i in range(n)], self.tick()
+        )
         steps = [opened]
         for action, params in (("acknowledge", {}), ("arrive", {}), ("resolve", {"resolution": "false_alarm"})):
-            steps.append([r for rec in opened for r in self.w.act("fire_event", rec.subject_id, action, "station-1",
-                                                                  now_ms=self.tick(), **params)])
+            steps.append(
+                [
+                    r
+                    for rec in opened
+                    for r in self.w.act("fire_event", rec.subject_id, action, "station-1", now_ms=self.tick(), **params)
+                ]
+            )
         return steps
 
     def hazards(self, rules: list[str], severity: str = "major") -> list[list[Transition]]:
         """Hazards on P1 opened (proposed) and confirmed."""
-        opened = self.w.apply([Condition("S1", "P1", r, True, self.now, "supervisory", severity, "水泵手动",
-                                         "Pump cabinet in manual", False, False, [{"value": 0}]) for r in rules],
-                              self.tick())
-        confirmed = [r for rec in opened for r in self.w.act("hazard", rec.subject_id, "confirm", "grid-1",
-                                                             now_ms=self.tick())]
+        opened = self.w.apply(
+            [
+                Condition(
+                    "S1",
+                    "P1",
+                    r,
+                    True,
+                    self.now,
+                    "supervisory",
+                    severity,
+                    "水泵手动",
+                    "Pump cabinet in manual",
+                    False,
+                    False,
+                    [{"value": 0}],
+                )
+                for r in rules
+            ],
+            self.tick(),
+        )
+        confirmed = [
+            r for rec in opened for r in self.w.act("hazard", rec.subject_id, "confirm", "grid-1", now_ms=self.tick())
+        ]
         return [opened, confirmed]
 
     def close_hazards(self, subject_ids: list[str]) -> list[list[Transition]]:
         steps = []
         for action in ("dispatch", "start", "rectified", "close"):
-            steps.append([r for sid in subject_ids for r in self.w.act("hazard", sid, action, "grid-1",
-                                                                       now_ms=self.tick(), note="re-checked")])
+            steps.append(
+                [
+                    r
+                    for sid in subject_ids
+                    for r in self.w.act("hazard", sid, action, "grid-1", now_ms=self.tick(), note="re-checked")
+                ]
+            )
         return steps
 
 
-def _write(store: Store, steps: list[list[Transition]], dests: list[str], notifier: Notifier | None = None
-           ) -> list[Transition]:
+def _write(
+    store: Store, steps: list[list[Transition]], dests: list[str], notifier: Notifier | None = None
+) -> list[Transition]:
     out = []
     for step in steps:
         with store.transaction() as c:
@@ -136,8 +174,10 @@ def _expected(records: list[Transition]) -> dict[str, list[str]]:
 
 def _outbox(db: Path, destination: str = "webhook") -> list[tuple[str, int | None, int, str | None]]:
     with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT event_id, delivered_at, attempts, last_error FROM outbox WHERE destination = ? "
-                         "ORDER BY seq", (destination,)).fetchall()
+        rows = c.execute(
+            "SELECT event_id, delivered_at, attempts, last_error FROM outbox WHERE destination = ? ORDER BY seq",
+            (destination,),
+        ).fetchall()
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
@@ -165,20 +205,24 @@ def _notifier(settings: GatewaySettings, cat: Catalog, store: Store, health: Hea
 
 # ----------------------------------------------------------------------------- pure pieces
 
-@pytest.mark.parametrize(("status", "retry_after", "expected"), [
-    (200, None, Delivered()),
-    (204, None, Delivered()),
-    (500, None, Retry("HTTP 500")),
-    (503, "7", Retry("HTTP 503", retry_after=7.0)),
-    (429, "2", Retry("HTTP 429", retry_after=2.0)),
-    (502, "9", Retry("HTTP 502")),  # Retry-After honoured on 429 and 503 only
-    (408, None, Retry("HTTP 408")),
-    (425, None, Retry("HTTP 425")),
-    (400, None, Rejected("HTTP 400")),
-    (401, None, Rejected("HTTP 401")),
-    (404, None, Rejected("HTTP 404")),
-    (302, None, Rejected("HTTP 302")),
-])
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [
+        (200, None, Delivered()),
+        (204, None, Delivered()),
+        (500, None, Retry("HTTP 500")),
+        (503, "7", Retry("HTTP 503", retry_after=7.0)),
+        (429, "2", Retry("HTTP 429", retry_after=2.0)),
+        (502, "9", Retry("HTTP 502")),  # Retry-After honoured on 429 and 503 only
+        (408, None, Retry("HTTP 408")),
+        (425, None, Retry("HTTP 425")),
+        (400, None, Rejected("HTTP 400")),
+        (401, None, Rejected("HTTP 401")),
+        (404, None, Rejected("HTTP 404")),
+        (302, None, Rejected("HTTP 302")),
+    ],
+)
 def test_classify(status: int, retry_after: str | None, expected: object) -> None:
     assert classify(status, retry_after) == expected
 
@@ -212,13 +256,18 @@ def test_signature_scheme() -> None:
 
 def test_destinations_and_wake_before_run(tmp_path: Path) -> None:
     cat = _catalog()
-    n = Notifier(settings=_settings("http://127.0.0.1:9/hook", "mqtt://127.0.0.1:9"), catalog=cat,
-                 store_path=tmp_path / "x.db", health=Health())
+    n = Notifier(
+        settings=_settings("http://127.0.0.1:9/hook", "mqtt://127.0.0.1:9"),
+        catalog=cat,
+        store_path=tmp_path / "x.db",
+        health=Health(),
+    )
     assert n.destinations() == ["webhook", "mqtt"]
     n.wake()  # before run(): a no-op
     assert not (tmp_path / "x.db").exists()  # no I/O in the constructor
-    assert Notifier(settings=_settings(), catalog=cat, store_path=tmp_path / "x.db",
-                    health=Health()).destinations() == []
+    assert (
+        Notifier(settings=_settings(), catalog=cat, store_path=tmp_path / "x.db", health=Health()).destinations() == []
+    )
 
 
 def test_bad_settings_fail_with_the_field_named(tmp_path: Path) -> None:
@@ -226,17 +275,27 @@ def test_bad_settings_fail_with_the_field_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"webhook\.url"):
         Notifier(settings=_settings("ftp://x/hook"), catalog=cat, store_path=tmp_path / "x.db", health=Health())
     with pytest.raises(ConfigError, match=r"events_mqtt\.topic_code"):
-        Notifier(settings=GatewaySettings.model_validate(
-            {"events_mqtt": {"enabled": True, "topic_code": "grid/{zone}/code"}}), catalog=cat,
-            store_path=tmp_path / "x.db", health=Health())
+        Notifier(
+            settings=GatewaySettings.model_validate(
+                {"events_mqtt": {"enabled": True, "topic_code": "grid/{zone}/code"}}
+            ),
+            catalog=cat,
+            store_path=tmp_path / "x.db",
+            health=Health(),
+        )
     Store(tmp_path / "x.db").open().close()
-    n = Notifier(settings=_settings("https://127.0.0.1:9/hook", ca_file=str(tmp_path / "missing.pem")), catalog=cat,
-                 store_path=tmp_path / "x.db", health=Health())
+    n = Notifier(
+        settings=_settings("https://127.0.0.1:9/hook", ca_file=str(tmp_path / "missing.pem")),
+        catalog=cat,
+        store_path=tmp_path / "x.db",
+        health=Health(),
+    )
     with pytest.raises(ConfigError, match=r"webhook\.tls\.ca_file"):
         asyncio.run(n.run())
 
 
 # ----------------------------------------------------------------------------- webhook
+
 
 def test_every_event_delivered_once_in_order_and_signed(store: Store, receiver: Receiver) -> None:
     cat = _catalog()
@@ -297,8 +356,11 @@ def test_failing_receiver_keeps_events_waiting_then_delivers(store: Store, scena
         try:
             records = _write(store, book.fires(3), ["webhook"], notifier)
             stage = health.stage("notify:webhook")
-            wait_for(lambda: sum(1 for e in receiver.log() if e["event_id"] == records[0].event_id) >= 3, 15,
-                     "retries of the first event")
+            wait_for(
+                lambda: sum(1 for e in receiver.log() if e["event_id"] == records[0].event_id) >= 3,
+                15,
+                "retries of the first event",
+            )
             assert stage.connected is False and stage.depth == len(records)
             assert stage.last_error is not None
             assert ("HTTP 500" if scenario == "fail500" else "timed out") in stage.last_error
@@ -394,13 +456,18 @@ def test_cancelled_mid_delivery_and_restarted_loses_nothing(store: Store) -> Non
 
 # ----------------------------------------------------------------------------- the receiver itself
 
+
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
     return httpx.post(url, content=body, headers={"Content-Type": "application/json", **headers}).status_code
 
 
 def test_receiver_cli_rejects_unsigned_and_badly_signed() -> None:
-    proc = subprocess.Popen([PYTHON, "-m", "simulators", "workflow", "--listen", "127.0.0.1:0", "--secret", SECRET],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "simulators", "workflow", "--listen", "127.0.0.1:0", "--secret", SECRET],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -414,8 +481,14 @@ def test_receiver_cli_rejects_unsigned_and_badly_signed() -> None:
         assert _post(url, body + b" ", good) == 401  # body changed after signing
         old = now - 3600
         assert _post(url, body, {"X-Firegw-Timestamp": str(old), "X-Firegw-Signature": sign(SECRET, old, body)}) == 401
-        assert _post(url, b"{not json", {"X-Firegw-Timestamp": str(now),
-                                         "X-Firegw-Signature": sign(SECRET, now, b"{not json")}) == 400
+        assert (
+            _post(
+                url,
+                b"{not json",
+                {"X-Firegw-Timestamp": str(now), "X-Firegw-Signature": sign(SECRET, now, b"{not json")},
+            )
+            == 400
+        )
         assert httpx.get(url + "/received").json() == []
         assert _post(url, body, good) == 200
         assert _post(url, body, good) == 200  # a redelivery: accepted, recorded once
@@ -453,8 +526,12 @@ def test_ack_resolve_answers_through_the_api(store: Store) -> None:
     cat = _catalog()
     book = Book(cat)
     try:
-        with Receiver(secret=SECRET, scenario="ack-resolve", api=f"http://127.0.0.1:{api.server_address[1]}",
-                      token="operator-token-123") as receiver:
+        with Receiver(
+            secret=SECRET,
+            scenario="ack-resolve",
+            api=f"http://127.0.0.1:{api.server_address[1]}",
+            token="operator-token-123",
+        ) as receiver:
             run = RunningInThread(notifier := _notifier(_settings(receiver.url), cat, store), name="notifier")
             try:
                 fire = book.fires(1)[:1]
@@ -469,14 +546,16 @@ def test_ack_resolve_answers_through_the_api(store: Store) -> None:
     fid, hid = fire[0][0].subject_id, hazard[0][0].subject_id
     paths = [c[0] for c in _FakeApi.calls]
     assert [p for p in paths if fid in p] == [f"/api/v1/events/{fid}/acknowledge", f"/api/v1/events/{fid}/resolve"]
-    assert [p for p in paths if hid in p] == [f"/api/v1/hazards/{hid}/{a}"
-                                              for a in ("confirm", "dispatch", "start", "rectified", "close")]
+    assert [p for p in paths if hid in p] == [
+        f"/api/v1/hazards/{hid}/{a}" for a in ("confirm", "dispatch", "start", "rectified", "close")
+    ]
     assert all(c[2] == "Bearer operator-token-123" for c in _FakeApi.calls)
     bodies = {c[0].rsplit("/", 1)[1]: c[1] for c in _FakeApi.calls}
     assert bodies["resolve"]["resolution"] == "false_alarm" and bodies["close"]["note"]
 
 
 # ----------------------------------------------------------------------------- MQTT
+
 
 class _Sub:
     """A paho subscriber collecting (topic, payload, retain)."""
@@ -485,8 +564,9 @@ class _Sub:
         self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"sub-{uuid.uuid4().hex[:8]}")
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}"
+        )
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)

@@ -53,8 +53,11 @@ DEADLINE_S = 10.0
 def _pg_bin() -> Path:
     found = [p for p in PG_ROOT.glob("*/bin") if (p / "initdb").is_file() and (p / "pg_ctl").is_file()]
     if not found:
-        pytest.fail(f"PostgreSQL server binaries (initdb, pg_ctl) not found under {PG_ROOT}/<version>/bin: "
-                    "install them with `scripts/setup postgresql` (the Debian package postgresql)", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL server binaries (initdb, pg_ctl) not found under {PG_ROOT}/<version>/bin: "
+            "install them with `scripts/setup postgresql` (the Debian package postgresql)",
+            pytrace=False,
+        )
     return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
 
 
@@ -78,24 +81,55 @@ class PgServer:
         return self.base / "data"
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], cwd=self.base, capture_output=True, text=True,
-                              timeout=timeout, check=False, env={**os.environ, "LC_ALL": "C"})
+        return subprocess.run(
+            [*self.as_user, *args],
+            cwd=self.base,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
 
     def conninfo(self, dbname: str = "postgres", schema: str | None = None) -> str:
         options = f" options='-c search_path={schema}'" if schema else ""
         return f"host=127.0.0.1 port={self.port} user=firegw dbname={dbname} connect_timeout=10{options}"
 
     def start(self) -> None:
-        init = self.run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "firegw", "-A", "trust",
-                        "-E", "UTF8", "--locale=C", "--no-sync")
+        init = self.run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "firegw",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         assert init.returncode == 0, f"initdb failed:\n{init.stdout}\n{init.stderr}"
         log = ""
         for _ in range(3):  # another process may take the free port before the server binds it
             self.port = _free_port()
-            opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base / 'sock'} -c fsync=off "
-                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
-            started = self.run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "server.log"),
-                               "-w", "-t", str(int(DEADLINE_S * 3)), "-o", opts, "start")
+            opts = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base / 'sock'} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+            )
+            started = self.run(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.base / "server.log"),
+                "-w",
+                "-t",
+                str(int(DEADLINE_S * 3)),
+                "-o",
+                opts,
+                "start",
+            )
             if started.returncode == 0:
                 return
             log = (self.base / "server.log").read_text(errors="replace")
@@ -127,8 +161,9 @@ def pg_server() -> Iterator[PgServer]:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root needs the `postgres` user (the Debian package postgresql creates it)",
-                        pytrace=False)
+            pytest.fail(
+                "running as root needs the `postgres` user (the Debian package postgresql creates it)", pytrace=False
+            )
         os.chown(base, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     base.chmod(0o700)
@@ -216,15 +251,27 @@ def test_schema_migrates_and_is_idempotent(pg_server: PgServer) -> None:
     with connect(dsn) as conn:
         assert migrate(conn) == PG_SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-        assert tables == {"meta", "fire_events", "hazards", "workflow_events", "outbox", "rule_state",
-                          "site_overrides", "site_inspections"}
-        [(indexdef,)] = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'hazards_open_key' "
-                                     "AND schemaname = current_schema()")
+        assert tables == {
+            "meta",
+            "fire_events",
+            "hazards",
+            "workflow_events",
+            "outbox",
+            "rule_state",
+            "site_overrides",
+            "site_inspections",
+        }
+        [(indexdef,)] = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'hazards_open_key' AND schemaname = current_schema()"
+        )
         assert "UNIQUE" in indexdef and "(site_id, device_id, rule)" in indexdef and "WHERE" in indexdef
-        types: dict[str, str] = dict(conn.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name IN ('hazards', 'workflow_events') AND column_name IN ('data', 'snapshot', 'opened_at', "
-            "'seq')").fetchall())
+        types: dict[str, str] = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name IN ('hazards', 'workflow_events') AND column_name IN ('data', 'snapshot', 'opened_at', "
+                "'seq')"
+            ).fetchall()
+        )
         assert types == {"data": "jsonb", "snapshot": "jsonb", "opened_at": "bigint", "seq": "bigint"}
         store = PgWorkflowStore(conn)
         with conn.transaction():
@@ -232,7 +279,8 @@ def test_schema_migrates_and_is_idempotent(pg_server: PgServer) -> None:
         assert migrate(conn) == PG_SCHEMA_VERSION  # again: nothing changes, nothing is lost
         assert store.counts() == {"hazards_open": 1, "events_open": 0}
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            str(PG_SCHEMA_VERSION),)
+            str(PG_SCHEMA_VERSION),
+        )
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
         with pytest.raises(ConfigError, match="schema version 99 is newer than this firegw"):
             migrate(conn)
@@ -277,13 +325,21 @@ def test_records_round_trip(pg_dsn: str) -> None:
         assert store.subject("hazard", "nope") is None
         assert [t["type"] for t in store.trail("hazard", hid)] == ["opened", "updated", "confirmed", "cleared"]
         assert [t["type"] for t in store.trail("fire_event", fid)] == ["opened", "acknowledged"]
-        assert store.trail("fire_event", fid)[1] == {"event_id": batches[2][0].event_id, "type": "acknowledged",
-                                                     "at": "2023-11-14T22:13:50.000Z", "actor": "station-1",
-                                                     "note": ""}
-        outbox = conn.execute("SELECT destination, event_id, subject, body, created_at, attempts, delivered_at "
-                              "FROM outbox ORDER BY seq").fetchall()
-        assert outbox == [(d, r.event_id, f"{r.kind}:{r.subject_id}", normalized(event_body(r)), r.at_ms, 0, None)
-                          for r in records for d in ("grid", "sms")]
+        assert store.trail("fire_event", fid)[1] == {
+            "event_id": batches[2][0].event_id,
+            "type": "acknowledged",
+            "at": "2023-11-14T22:13:50.000Z",
+            "actor": "station-1",
+            "note": "",
+        }
+        outbox = conn.execute(
+            "SELECT destination, event_id, subject, body, created_at, attempts, delivered_at FROM outbox ORDER BY seq"
+        ).fetchall()
+        assert outbox == [
+            (d, r.event_id, f"{r.kind}:{r.subject_id}", normalized(event_body(r)), r.at_ms, 0, None)
+            for r in records
+            for d in ("grid", "sms")
+        ]
         assert [body for _, body in store.events_since(0)] == [normalized(event_body(r)) for r in records]
         assert [seq for seq, _ in store.events_since(2, limit=3)] == [3, 4, 5] and store.last_seq() == len(records)
         assert store.counts() == {"hazards_open": 2, "events_open": 1}
@@ -313,8 +369,16 @@ def test_records_round_trip(pg_dsn: str) -> None:
 def test_psycopg_errors_do_not_leave_the_store(pg_dsn: str) -> None:
     w = gateway("a")
     [rec] = w.apply([cond()], T0)
-    bad = Transition(rec.event_id, rec.kind, rec.subject_id, rec.type, rec.at_ms, rec.actor, rec.note,
-                        {**rec.snapshot, "title_en": "nul \x00 byte"})  # JSONB refuses U+0000
+    bad = Transition(
+        rec.event_id,
+        rec.kind,
+        rec.subject_id,
+        rec.type,
+        rec.at_ms,
+        rec.actor,
+        rec.note,
+        {**rec.snapshot, "title_en": "nul \x00 byte"},
+    )  # JSONB refuses U+0000
     with connect(pg_dsn) as conn:
         store = PgWorkflowStore(conn)
         with pytest.raises(PgStoreError, match="write: "), conn.transaction():
@@ -339,12 +403,12 @@ def test_second_open_hazard_for_a_key_is_impossible_until_closed(pg_dsn: str) ->
             store.write([opened], ("grid",))
         # the index itself, whoever writes
         with pytest.raises(psycopg.errors.UniqueViolation, match="hazards_open_key"):
-            conn.execute("INSERT INTO hazards VALUES ('raw', 'S1', 'P1', 'pump1_mode_held', 'confirmed', 'major', "
-                         "0, 0, '{}')")
+            conn.execute(
+                "INSERT INTO hazards VALUES ('raw', 'S1', 'P1', 'pump1_mode_held', 'confirmed', 'major', 0, 0, '{}')"
+            )
         # a second gateway that saw the same condition: its batch is refused whole
         recs_b = [*b.apply([fire()], T0 + S), *b.apply([cond(True, T0 + S)], T0 + S)]
-        with pytest.raises(StoreConflict, match=f"held open by hazard {opened.subject_id}") as info, \
-                conn.transaction():
+        with pytest.raises(StoreConflict, match=f"held open by hazard {opened.subject_id}") as info, conn.transaction():
             store.write(recs_b, ("grid",))
         assert info.value.key == ("S1", "P1", "pump1_mode_held") and info.value.subject_id == recs_b[1].subject_id
         assert info.value.existing == normalized(opened.snapshot)
@@ -370,8 +434,9 @@ def test_second_open_hazard_for_a_key_is_impossible_until_closed(pg_dsn: str) ->
         assert reopened.type == "opened" and reopened.subject_id != opened.subject_id
         with conn.transaction():
             store.write([reopened])
-        rows = conn.execute("SELECT hazard_id, state FROM hazards WHERE rule = 'pump1_mode_held' "
-                            "ORDER BY opened_at").fetchall()
+        rows = conn.execute(
+            "SELECT hazard_id, state FROM hazards WHERE rule = 'pump1_mode_held' ORDER BY opened_at"
+        ).fetchall()
         assert rows == [(opened.subject_id, "closed"), (reopened.subject_id, "proposed")]
         # a replayed batch (same event ids) changes nothing
         with conn.transaction():
@@ -380,7 +445,7 @@ def test_second_open_hazard_for_a_key_is_impossible_until_closed(pg_dsn: str) ->
 
 
 def test_index_alone_stops_two_concurrent_inserts(pg_dsn: str) -> None:
-    insert = ("INSERT INTO hazards VALUES (%s, 'S1', 'P1', 'r', 'proposed', 'major', 0, 0, '{}')")
+    insert = "INSERT INTO hazards VALUES (%s, 'S1', 'P1', 'r', 'proposed', 'major', 0, 0, '{}')"
     with connect(pg_dsn, autocommit=False) as first, connect(pg_dsn, autocommit=False) as second:
         first.execute(insert, ("h-first",))  # open, not committed
 
@@ -436,8 +501,7 @@ def test_trail_seq_order_is_commit_order(pg_dsn: str) -> None:
             wait_until_blocked(pg_dsn, conn_b.info.backend_pid)  # b waits for a's commit
             assert reader.events_since(0) == []
         assert racer.outcome() is None
-        assert [(seq, body["hazard"]["rule"]) for seq, body in reader.events_since(0)] == [
-            (1, "rule-a"), (2, "rule-b")]
+        assert [(seq, body["hazard"]["rule"]) for seq, body in reader.events_since(0)] == [(1, "rule-a"), (2, "rule-b")]
 
 
 @pytest.mark.parametrize("round_", range(8))
@@ -526,14 +590,23 @@ class Backend:
         fires = sorted(st.fire_events(), key=lambda e: str(e["fire_event_id"]))
         open_f, open_h = st.open_rows()
         return {
-            "hazards": hazards, "fire_events": fires,
+            "hazards": hazards,
+            "fire_events": fires,
             "open": (sorted(open_f, key=str), sorted(open_h, key=str)),
             "site_hazards": sorted(str(h["hazard_id"]) for h in st.hazards(open_only=True, site_id="S1")),
-            "trails": {s: st.trail(k, s) for k, s in [*(("hazard", h["hazard_id"]) for h in hazards),
-                                                      *(("fire_event", e["fire_event_id"]) for e in fires)]},
+            "trails": {
+                s: st.trail(k, s)
+                for k, s in [
+                    *(("hazard", h["hazard_id"]) for h in hazards),
+                    *(("fire_event", e["fire_event_id"]) for e in fires),
+                ]
+            },
             "events": [body for _, body in st.events_since(0, limit=10_000)],
-            "outbox": self.outbox(), "counts": st.counts(), "overrides": st.overrides(),
-            "inspections": st.inspections(), "rule_state": st.load_rule_state(),
+            "outbox": self.outbox(),
+            "counts": st.counts(),
+            "overrides": st.overrides(),
+            "inspections": st.inspections(),
+            "rule_state": st.load_rule_state(),
         }
 
     def close(self) -> None:
@@ -549,8 +622,15 @@ def hazard_lifecycle(w: Workflow, db: Backend) -> None:
     db.write([opened])
     db.write(w.apply([cond(True, T0 + S)], T0 + S))
     db.write(w.apply([cond(False, T0 + 2 * S)], T0 + 2 * S))
-    for i, (action, params) in enumerate([("confirm", {"severity": "critical"}), ("dispatch", {"assignee": "c"}),
-                                          ("start", {}), ("rectified", {}), ("close", {})]):
+    for i, (action, params) in enumerate(
+        [
+            ("confirm", {"severity": "critical"}),
+            ("dispatch", {"assignee": "c"}),
+            ("start", {}),
+            ("rectified", {}),
+            ("close", {}),
+        ]
+    ):
         db.write(w.act("hazard", hid, action, "grid-1", now_ms=T0 + (3 + i) * S, note="re-checked", **params))
     db.write(w.apply([cond(True, T0 + 10 * S)], T0 + 10 * S))
 
@@ -562,8 +642,17 @@ def fire_lifecycle(w: Workflow, db: Backend) -> None:
     db.write(w.tick(T0 + 200 * S))
     for i, action in enumerate(["acknowledge", "arrive"]):
         db.write(w.act("fire_event", opened.subject_id, action, "station-1", now_ms=T0 + (210 + i) * S))
-    db.write(w.act("fire_event", opened.subject_id, "resolve", "chief", now_ms=T0 + 300 * S,
-                   resolution="false_alarm", note="burnt toast"))
+    db.write(
+        w.act(
+            "fire_event",
+            opened.subject_id,
+            "resolve",
+            "chief",
+            now_ms=T0 + 300 * S,
+            resolution="false_alarm",
+            note="burnt toast",
+        )
+    )
     db.write(w.apply([fire(T0 + 400 * S, dev="P1", test=True)], T0 + 400 * S))
 
 
@@ -589,16 +678,19 @@ def site_state(w: Workflow, db: Backend) -> None:
     db.store.save_rule_state({"engine": {}, "v": 2}, T0 + S)
 
 
-@pytest.mark.parametrize("scenario", [hazard_lifecycle, fire_lifecycle, auto_close_escalation_replay, site_state],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "scenario", [hazard_lifecycle, fire_lifecycle, auto_close_escalation_replay, site_state], ids=lambda f: f.__name__
+)
 def test_sqlite_and_postgres_keep_the_same_rows(pg_dsn: str, scenario: Callable[[Workflow, Backend], None]) -> None:
     dumps = {}
     for kind in ("sqlite", "postgres"):
         db = Backend(kind, pg_dsn)
         try:
             ids = (f"id{i}" for i in itertools.count())
-            w = Workflow(catalog([device("B1", "onekey-alarm-button"), device("P1", "fire-pump-cabinet", host="h")]),
-                         id_factory=lambda ids=ids: next(ids))  # type: ignore[misc]
+            w = Workflow(
+                catalog([device("B1", "onekey-alarm-button"), device("P1", "fire-pump-cabinet", host="h")]),
+                id_factory=lambda ids=ids: next(ids),  # type: ignore[misc]
+            )
             scenario(w, db)
             dumps[kind] = db.dump()
         finally:
@@ -606,4 +698,3 @@ def test_sqlite_and_postgres_keep_the_same_rows(pg_dsn: str, scenario: Callable[
     assert dumps["sqlite"]["counts"] == dumps["postgres"]["counts"]
     assert dumps["sqlite"] == dumps["postgres"]
     assert dumps["sqlite"]["events"], "the scenario wrote nothing"
-

@@ -15,9 +15,14 @@ BUTTON = (PROFILES / "onekey-alarm-button.yaml").read_text()
 
 def _heavy(points: int) -> str:
     head = (PROFILES / "pipe-pressure-sensor.yaml").read_text().split("points:")[0]
-    return head + "points:\n" + "".join(
-        f"  - {{name: p{i}, class: analog, type: float, unit: MPa, path: v{i}, range: [0, 2]}}\n"
-        for i in range(points))
+    return (
+        head
+        + "points:\n"
+        + "".join(
+            f"  - {{name: p{i}, class: analog, type: float, unit: MPa, path: v{i}, range: [0, 2]}}\n"
+            for i in range(points)
+        )
+    )
 
 
 def test_time_limit_kills_the_worker_and_the_next_request_is_served() -> None:
@@ -32,6 +37,7 @@ def test_time_limit_kills_the_worker_and_the_next_request_is_served() -> None:
             assert again["valid"] and sb.counters["timeouts"] == 1
         finally:
             sb.close()
+
     asyncio.run(main())
 
 
@@ -42,11 +48,13 @@ def test_limits_on_nesting_and_size_answer_without_building_anything() -> None:
             deep = await sb.dry_run("a: " + "[" * 100_000, None)
             assert deep["limit"] and "nested deeper" in deep["problems"][0]
             laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-                f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+                f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+            )
             out = await sb.dry_run(laughs, None)
             assert not out["valid"]
         finally:
             sb.close()
+
     asyncio.run(main())
 
 
@@ -60,6 +68,7 @@ def test_queue_is_bounded() -> None:
             assert len(busy) == 3 and all(isinstance(d, dict) for d in done if d not in busy)
         finally:
             sb.close()
+
     asyncio.run(main())
 
 
@@ -74,4 +83,5 @@ def test_worker_death_is_survived(tmp_path: Path) -> None:
             assert (await sb.dry_run(BUTTON, None))["valid"]
         finally:
             sb.close()
+
     asyncio.run(main())

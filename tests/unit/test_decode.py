@@ -55,33 +55,36 @@ def _values(d: Normalized) -> dict[str, object]:
 # ---------------------------------------------------------------------------- poison in, dead letter out
 
 
-@pytest.mark.parametrize(("payload", "names"), [
-    (b'{"event":"heartbeat","ts":1e306}', "'ts'"),
-    (b'{"event":"heartbeat","ts":-1}', "'ts'"),
-    (b'{"event":"heartbeat","ts":32503680001}', "'ts'"),
-    (b'{"event":"heartbeat","ts":"2026"}', "'ts'"),
-    (b'{"event":"heartbeat","ts":true}', "'ts'"),
-    (b'{"event":"heartbeat","battery":1e308}', "'battery'"),
-    (b'{"event":"heartbeat","battery":-0.5}', "'battery'"),
-    (b'{"event":"heartbeat","battery":123456789012345678901234567890}', "'battery'"),
-    (b'{"event":"heartbeat","rssi":"strong"}', "'rssi'"),
-    (b'{"event":"heartbeat","battery":[1,2]}', "'battery'"),
-    (b'{"event":"heartbeat","battery":{"a":1}}', "'battery'"),
-    (b'{"event":"alarm","event":"heartbeat"}', "'event'"),
-    (b'{"event":"ALRM"}', "'event'"),
-    (b'{"event":1}', "'event'"),
-    (b'{"event":true}', "'event'"),
-    (b'{"event":null,"battery":50,"battery":51}', "'battery'"),
-    (b'{"event":{"nested":"alarm"}}', "'event'"),
-    (b'{"event":"alarm","ts":NaN}', "JSON"),
-    (b'{"event":"alarm","battery":Infinity}', "JSON"),
-    (b'{"event":"\\ud800"}', "JSON"),
-    (b"\xff\xfe{}", "JSON"),
-    (b'[' * 1500 + b']' * 1500, "JSON"),
-    (b'[' * 5000 + b']' * 5000, "limit"),
-    (b'"alarm"', "JSON object"),
-    (b"", "JSON"),
-])
+@pytest.mark.parametrize(
+    ("payload", "names"),
+    [
+        (b'{"event":"heartbeat","ts":1e306}', "'ts'"),
+        (b'{"event":"heartbeat","ts":-1}', "'ts'"),
+        (b'{"event":"heartbeat","ts":32503680001}', "'ts'"),
+        (b'{"event":"heartbeat","ts":"2026"}', "'ts'"),
+        (b'{"event":"heartbeat","ts":true}', "'ts'"),
+        (b'{"event":"heartbeat","battery":1e308}', "'battery'"),
+        (b'{"event":"heartbeat","battery":-0.5}', "'battery'"),
+        (b'{"event":"heartbeat","battery":123456789012345678901234567890}', "'battery'"),
+        (b'{"event":"heartbeat","rssi":"strong"}', "'rssi'"),
+        (b'{"event":"heartbeat","battery":[1,2]}', "'battery'"),
+        (b'{"event":"heartbeat","battery":{"a":1}}', "'battery'"),
+        (b'{"event":"alarm","event":"heartbeat"}', "'event'"),
+        (b'{"event":"ALRM"}', "'event'"),
+        (b'{"event":1}', "'event'"),
+        (b'{"event":true}', "'event'"),
+        (b'{"event":null,"battery":50,"battery":51}', "'battery'"),
+        (b'{"event":{"nested":"alarm"}}', "'event'"),
+        (b'{"event":"alarm","ts":NaN}', "JSON"),
+        (b'{"event":"alarm","battery":Infinity}', "JSON"),
+        (b'{"event":"\\ud800"}', "JSON"),
+        (b"\xff\xfe{}", "JSON"),
+        (b"[" * 1500 + b"]" * 1500, "JSON"),
+        (b"[" * 5000 + b"]" * 5000, "limit"),
+        (b'"alarm"', "JSON object"),
+        (b"", "JSON"),
+    ],
+)
 def test_poison_payload_is_a_dead_letter_naming_the_field(payload: bytes, names: str) -> None:
     d = _norm(payload)
     assert d.dead is not None, f"accepted: {payload[:60]!r} -> {_values(d)}"
@@ -114,8 +117,9 @@ def test_oversized_payload_is_refused_before_it_is_parsed() -> None:
     big = b'{"event":"heartbeat","pad":"' + b"x" * 300_000 + b'"}'
     d = _norm(big, max_payload_bytes=262_144)
     assert d.dead is not None and "pipeline.max_payload_bytes" in d.dead.reason
-    cut = MqttNormalizer(_catalog()).normalize(RawMessage("mqtt", _button_topic(), big[:4096], NOW,
-                                                          truncated_from=len(big)))
+    cut = MqttNormalizer(_catalog()).normalize(
+        RawMessage("mqtt", _button_topic(), big[:4096], NOW, truncated_from=len(big))
+    )
     assert cut.dead is not None and str(len(big)) in cut.dead.reason
     assert cut.dead.size == len(big)
 
@@ -126,8 +130,9 @@ def test_device_clock_ahead_is_suspect() -> None:
     assert d.dead is None and {r.quality for r in d.readings} == {Quality.SUSPECT}
     ok = _norm(json.dumps({"event": "heartbeat", "ts": NOW / 1000 + 10, "battery": 80}).encode())
     assert {r.quality for r in ok.readings} == {Quality.GOOD}
-    tight = _norm(json.dumps({"event": "heartbeat", "ts": NOW / 1000 + 10, "battery": 80}).encode(),
-                  max_clock_skew_s=5.0)
+    tight = _norm(
+        json.dumps({"event": "heartbeat", "ts": NOW / 1000 + 10, "battery": 80}).encode(), max_clock_skew_s=5.0
+    )
     assert {r.quality for r in tight.readings} == {Quality.SUSPECT}
 
 
@@ -136,6 +141,7 @@ def test_decoder_bug_becomes_a_dead_letter_naming_the_exception(monkeypatch: pyt
 
     def boom(*a: object, **k: object) -> object:
         raise ZeroDivisionError("injected")
+
     monkeypatch.setattr(jd, "cast_value", boom)
     d = _norm(b'{"event":"heartbeat","ts":1764400000,"battery":50}')
     assert d.dead is not None and "ZeroDivisionError" in d.dead.reason and "point heartbeat" in d.dead.reason
@@ -144,15 +150,37 @@ def test_decoder_bug_becomes_a_dead_letter_naming_the_exception(monkeypatch: pyt
 # ---------------------------------------------------------------------------- property-based fuzzing
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e308, -1e308, 1e306, -0.0, 5e-324]),
-    st.text(max_size=30), st.sampled_from(["alarm", "ALARM", "heartbeat", "fault", "", "\u0000", "火警"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, -1e308, 1e306, -0.0, 5e-324]),
+    st.text(max_size=30),
+    st.sampled_from(["alarm", "ALARM", "heartbeat", "fault", "", "\u0000", "火警"]),
 )
-_json = st.recursive(_scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                      st.dictionaries(st.text(max_size=8), kids, max_size=5)),
-                     max_leaves=20)
-_fields = st.sampled_from(["event", "ts", "battery", "rssi", "smoke", "temp", "pressure", "level", "unit",
-                           "staff_on_duty", "equipment", "seq", "value", "rsrp"])
+_json = st.recursive(
+    _scalars,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=5)),
+    max_leaves=20,
+)
+_fields = st.sampled_from(
+    [
+        "event",
+        "ts",
+        "battery",
+        "rssi",
+        "smoke",
+        "temp",
+        "pressure",
+        "level",
+        "unit",
+        "staff_on_duty",
+        "equipment",
+        "seq",
+        "value",
+        "rsrp",
+    ]
+)
 
 
 def _encode(doc: object) -> bytes:

@@ -52,8 +52,9 @@ def test_readme_example_decodes_to_documented_readings(profile: str, payload: st
 
 
 def test_profile_schema_is_current() -> None:
-    assert (PROFILES / "_schema.json").read_text(encoding="utf-8") == profile_json_schema(), \
+    assert (PROFILES / "_schema.json").read_text(encoding="utf-8") == profile_json_schema(), (
         "regenerate: firegw profiles schema > device_profiles/_schema.json"
+    )
 
 
 def _readme_blocks(lang: str) -> list[str]:
@@ -81,8 +82,6 @@ def test_shipped_profiles_and_example_inventory_check_clean() -> None:
     from gateway.profiles.loader import check_paths
 
     assert check_paths([PROFILES, ROOT / "examples" / "inventory.yaml"]) == []
-
-
 
 
 def test_readme_register_dump_decodes_as_documented() -> None:
@@ -115,8 +114,14 @@ def test_readme_code_traces_name_real_symbols() -> None:
         tree = ast.parse(file.read_text(encoding="utf-8"))
         scope: list[ast.stmt] = tree.body
         for part in symbol.split("."):
-            found = next((n for n in scope if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-                          and n.name == part), None)
+            found = next(
+                (
+                    n
+                    for n in scope
+                    if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == part
+                ),
+                None,
+            )
             assert found is not None, f"{path}:{symbol}: no {part}"
             scope = found.body if isinstance(found, ast.ClassDef) else []
 

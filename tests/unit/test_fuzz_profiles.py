@@ -18,11 +18,17 @@ from tests.support import PROFILES, fuzz_examples
 SHIPPED = sorted(p for p in PROFILES.glob("*.yaml") if not p.name.startswith("_"))
 
 _values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
-              st.sampled_from(["alarm", "MPa", "kPa", "holding", "float32", "big", "{device_id}", "-1", ""])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=20),
+        st.sampled_from(["alarm", "MPa", "kPa", "holding", "float32", "big", "{device_id}", "-1", ""]),
+    ),
     lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(st.text(max_size=6), kids, max_size=3)),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -58,7 +64,7 @@ def _check(tmp: Path, text: str) -> None:
     problems = check_paths([f])
     for line in problems:  # file: field.path: what is wrong
         assert isinstance(line, str) and line.startswith(f"{f}: "), line
-        field, sep, problem = line[len(str(f)) + 2:].partition(": ")
+        field, sep, problem = line[len(str(f)) + 2 :].partition(": ")
         assert field and sep and problem.strip(), line
 
 
@@ -78,7 +84,9 @@ def test_any_text(tmp_path: Path, text: str) -> None:
     _check(tmp_path, text)
 
 
-@pytest.mark.parametrize("text", ["a: " + "[" * 100_000, "- " * 50_000 + "x", "\x00\x01", "&a [*a]",
-                                  "a: &x [1]\nb: *y", "profile: " + "x" * 300])
+@pytest.mark.parametrize(
+    "text",
+    ["a: " + "[" * 100_000, "- " * 50_000 + "x", "\x00\x01", "&a [*a]", "a: &x [1]\nb: *y", "profile: " + "x" * 300],
+)
 def test_hostile_documents(tmp_path: Path, text: str) -> None:
     _check(tmp_path, text)

@@ -34,23 +34,44 @@ PROFILES = Path(__file__).resolve().parents[2] / "device_profiles"
 _BASE = load_catalog(PROFILES, None)
 MODBUS_PROFILES = sorted(name for name, p in _BASE.profiles.items() if p.transport == "modbus")
 _SITE = Site.model_validate(
-    {"site_id": "s", "name": "s", "town": "t", "grid_cell": "g", "domain": "industrial",
-     "station": {"station_id": "m", "name": "m"}}
+    {
+        "site_id": "s",
+        "name": "s",
+        "town": "t",
+        "grid_cell": "g",
+        "domain": "industrial",
+        "station": {"station_id": "m", "name": "m"},
+    }
 )
 _REGISTER_RESPONSES: dict[str, type[ReadHoldingRegistersResponse | ReadInputRegistersResponse]] = {
-    "holding": ReadHoldingRegistersResponse, "input": ReadInputRegistersResponse}
+    "holding": ReadHoldingRegistersResponse,
+    "input": ReadInputRegistersResponse,
+}
 _BIT_RESPONSES: dict[str, type[ReadCoilsResponse | ReadDiscreteInputsResponse]] = {
-    "coil": ReadCoilsResponse, "discrete": ReadDiscreteInputsResponse}
+    "coil": ReadCoilsResponse,
+    "discrete": ReadDiscreteInputsResponse,
+}
 _FUNCTION = {"holding": 3, "input": 4, "coil": 1, "discrete": 2}
 
 
 def _source(profile: str) -> ModbusSource:
     """A source for one device of ``profile`` (never started: no socket is opened)."""
-    base = 1 if min(p.modbus_register.address for p in _BASE.profiles[profile].points  # type: ignore[union-attr]
-                    ) >= 1 else 0
+    base = (
+        1
+        if min(
+            p.modbus_register.address  # type: ignore[union-attr]
+            for p in _BASE.profiles[profile].points
+        )
+        >= 1
+        else 0
+    )
     device = Device.model_validate(
-        {"device_id": "d", "site_id": "s", "profile": profile,
-         "modbus": {"host": "127.0.0.1", "port": 1, "address_base": base}}
+        {
+            "device_id": "d",
+            "site_id": "s",
+            "profile": profile,
+            "modbus": {"host": "127.0.0.1", "port": 1, "address_base": base},
+        }
     )
     catalog = Catalog(profiles=_BASE.profiles, inventory=Inventory(sites=[_SITE], devices=[device]))
 
@@ -99,8 +120,7 @@ def _answer(block: ReadBlock) -> st.SearchStrategy[ModbusPDU]:
 
 
 @pytest.mark.parametrize("profile", MODBUS_PROFILES)
-@settings(max_examples=fuzz_examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          database=None)
+@settings(max_examples=fuzz_examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 @given(data=st.data())
 def test_any_answer_gives_readings_or_dead_letters(profile: str, data: st.DataObject) -> None:
     source = _SOURCES[profile]
@@ -151,7 +171,10 @@ def test_any_answer_gives_readings_or_dead_letters(profile: str, data: st.DataOb
             assert not {u.point.name for u in state.reads.unreadable.values()} & {
                 p.name for b, _ in rp.answered for p in b.points
             }
-        event("poll failed (gateway exception)" if failure else
-              f"poll answered, {len(state.reads.unreadable)} unreadable, {len(state.reads.blocks)} reads")
+        event(
+            "poll failed (gateway exception)"
+            if failure
+            else f"poll answered, {len(state.reads.unreadable)} unreadable, {len(state.reads.blocks)} reads"
+        )
         assert {s.status for s in batch.status} <= {"online", "unreachable", "points_unreadable", "points_readable"}
         now += state.plan.keepalive_s

@@ -31,10 +31,28 @@ def fire(at: int = T0, dev: str = "B1", test: bool = False) -> FireSignal:
     return FireSignal("S1", dev, "fire_alarm", "fire_alarm", at, test, {"value": True})
 
 
-def cond(active: bool = True, at: int = T0, rule: str = "pump1_mode_held", severity: str = "major",
-         hard: bool = False, auto_close: bool = False) -> Condition:
-    return Condition("S1", "P1", rule, active, at, "supervisory", severity, "消防水泵控制柜未处于自动状态",
-                     "Pump cabinet not in automatic mode", hard, auto_close, [{"value": 0}])
+def cond(
+    active: bool = True,
+    at: int = T0,
+    rule: str = "pump1_mode_held",
+    severity: str = "major",
+    hard: bool = False,
+    auto_close: bool = False,
+) -> Condition:
+    return Condition(
+        "S1",
+        "P1",
+        rule,
+        active,
+        at,
+        "supervisory",
+        severity,
+        "消防水泵控制柜未处于自动状态",
+        "Pump cabinet not in automatic mode",
+        hard,
+        auto_close,
+        [{"value": 0}],
+    )
 
 
 def types(records: list[Transition]) -> list[str]:
@@ -42,6 +60,7 @@ def types(records: list[Transition]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- fire events
+
 
 def test_fire_event_opens_with_site_location_and_station() -> None:
     w = wf()
@@ -73,24 +92,27 @@ def test_fire_event_lifecycle() -> None:
     fid = w.apply([fire()], T0)[0].subject_id
     assert types(w.act("fire_event", fid, "acknowledge", "station-1", now_ms=T0 + 30 * S)) == ["acknowledged"]
     assert types(w.act("fire_event", fid, "arrive", "station-1", now_ms=T0 + 150 * S)) == ["on_scene"]
-    [rec] = w.act("fire_event", fid, "resolve", "chief", now_ms=T0 + 600 * S, note="burnt toast",
-                  resolution="false_alarm")
+    [rec] = w.act(
+        "fire_event", fid, "resolve", "chief", now_ms=T0 + 600 * S, note="burnt toast", resolution="false_alarm"
+    )
     snap = rec.snapshot
     assert (snap["state"], snap["resolution"], snap["resolved_by"]) == ("resolved", "false_alarm", "chief")
     assert (snap["acknowledged_at_ms"], snap["on_scene_at_ms"]) == (T0 + 30 * S, T0 + 150 * S)
     assert rec.note == "burnt toast" and w.open_fire_events() == []
 
 
-@pytest.mark.parametrize(("steps", "action", "params", "message"), [
-    ([], "resolve", {}, "resolve needs resolution real_fire, false_alarm or test"),
-    ([], "resolve", {"resolution": "bored"}, "not 'bored'"),
-    (["acknowledge"], "acknowledge", {}, "is acknowledged: cannot acknowledge (allowed from: open)"),
-    (["arrive"], "acknowledge", {}, "is on_scene: cannot acknowledge"),
-    (["arrive"], "arrive", {}, "cannot arrive on scene (allowed from: open, acknowledged)"),
-    ([], "dance", {}, "unknown action 'dance'"),
-])
-def test_fire_event_illegal_transitions(steps: list[str], action: str, params: dict[str, Any],
-                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("steps", "action", "params", "message"),
+    [
+        ([], "resolve", {}, "resolve needs resolution real_fire, false_alarm or test"),
+        ([], "resolve", {"resolution": "bored"}, "not 'bored'"),
+        (["acknowledge"], "acknowledge", {}, "is acknowledged: cannot acknowledge (allowed from: open)"),
+        (["arrive"], "acknowledge", {}, "is on_scene: cannot acknowledge"),
+        (["arrive"], "arrive", {}, "cannot arrive on scene (allowed from: open, acknowledged)"),
+        ([], "dance", {}, "unknown action 'dance'"),
+    ],
+)
+def test_fire_event_illegal_transitions(steps: list[str], action: str, params: dict[str, Any], message: str) -> None:
     w = wf()
     fid = w.apply([fire()], T0)[0].subject_id
     for step in steps:
@@ -114,11 +136,14 @@ def test_test_signal_is_recorded_and_resolved() -> None:
     assert w.open_fire_events() == []
 
 
-@pytest.mark.parametrize(("ack_at", "ticks", "levels"), [
-    pytest.param(None, [179, 180, 359, 360, 10_000], [0, 1, 1, 2, 2], id="unacknowledged"),
-    pytest.param(100, [180, 360], [0, 0], id="acknowledged-in-time"),
-    pytest.param(200, [180, 360, 720], [1, 1, 1], id="acknowledged-late"),
-])
+@pytest.mark.parametrize(
+    ("ack_at", "ticks", "levels"),
+    [
+        pytest.param(None, [179, 180, 359, 360, 10_000], [0, 1, 1, 2, 2], id="unacknowledged"),
+        pytest.param(100, [180, 360], [0, 0], id="acknowledged-in-time"),
+        pytest.param(200, [180, 360, 720], [1, 1, 1], id="acknowledged-late"),
+    ],
+)
 def test_fire_event_escalation(ack_at: int | None, ticks: list[int], levels: list[int]) -> None:
     w = wf()
     fid = w.apply([fire()], T0)[0].subject_id
@@ -141,6 +166,7 @@ def test_fire_escalation_note_names_duty_officer() -> None:
 
 
 # ----------------------------------------------------------------------------- hazards
+
 
 def test_hazard_dedup_repeat_clear_close() -> None:
     w = wf()
@@ -165,14 +191,17 @@ def test_hazard_dedup_repeat_clear_close() -> None:
     assert again.type == "opened" and again.subject_id != hz.hazard_id
 
 
-@pytest.mark.parametrize(("state_steps", "action", "message"), [
-    ([], "dispatch", "is proposed: cannot dispatch (allowed from: confirmed)"),
-    ([], "rectified", "is proposed: cannot rectified"),
-    (["confirm"], "confirm", "is confirmed: cannot confirm"),
-    (["confirm"], "reject", "is confirmed: cannot reject (allowed from: proposed)"),
-    (["confirm"], "close", "is confirmed: cannot close (allowed from: rectified)"),
-    ([], "fly", "unknown action 'fly'"),
-])
+@pytest.mark.parametrize(
+    ("state_steps", "action", "message"),
+    [
+        ([], "dispatch", "is proposed: cannot dispatch (allowed from: confirmed)"),
+        ([], "rectified", "is proposed: cannot rectified"),
+        (["confirm"], "confirm", "is confirmed: cannot confirm"),
+        (["confirm"], "reject", "is confirmed: cannot reject (allowed from: proposed)"),
+        (["confirm"], "close", "is confirmed: cannot close (allowed from: rectified)"),
+        ([], "fly", "unknown action 'fly'"),
+    ],
+)
 def test_hazard_illegal_transitions(state_steps: list[str], action: str, message: str) -> None:
     w = wf()
     hid = w.apply([cond()], T0)[0].subject_id
@@ -233,13 +262,17 @@ def test_other_effects_make_no_records() -> None:
     assert w.apply([cond(False)], T0) == []  # a clear with no open hazard
 
 
-@pytest.mark.parametrize(("severity", "ticks_h", "tiers"), [
-    pytest.param("minor", [23.9, 24, 48, 100], ["grid_member", "supervisor", "enforcement", "enforcement"],
-                 id="minor-24h"),
-    pytest.param("major", [3.9, 4, 8], ["supervisor", "enforcement", "enforcement"], id="major-4h"),
-    pytest.param("critical", [0.25, 10], ["enforcement", "enforcement"], id="critical-at-top"),
-    pytest.param("info", [1000], ["grid_member"], id="info-never"),
-])
+@pytest.mark.parametrize(
+    ("severity", "ticks_h", "tiers"),
+    [
+        pytest.param(
+            "minor", [23.9, 24, 48, 100], ["grid_member", "supervisor", "enforcement", "enforcement"], id="minor-24h"
+        ),
+        pytest.param("major", [3.9, 4, 8], ["supervisor", "enforcement", "enforcement"], id="major-4h"),
+        pytest.param("critical", [0.25, 10], ["enforcement", "enforcement"], id="critical-at-top"),
+        pytest.param("info", [1000], ["grid_member"], id="info-never"),
+    ],
+)
 def test_hazard_escalation_per_severity(severity: str, ticks_h: list[float], tiers: list[str]) -> None:
     w = wf()
     hz = w.hazards[w.apply([cond(severity=severity)], T0)[0].subject_id]
@@ -278,30 +311,58 @@ def test_serialization_round_trip_and_load() -> None:
 
 # ----------------------------------------------------------------------------- site codes
 
+
 def hz(severity: str, state: str = "confirmed", deadline: int | None = None, title: str = "h") -> Hazard:
-    return Hazard(f"h-{severity}-{state}", "S1", "D", "r", "c", severity, T0, state=state,  # type: ignore[arg-type]
-                  deadline_ms=deadline, title_zh=title, title_en=title)
+    return Hazard(
+        f"h-{severity}-{state}",
+        "S1",
+        "D",
+        "r",
+        "c",
+        severity,
+        T0,
+        state=state,  # type: ignore[arg-type]
+        deadline_ms=deadline,
+        title_zh=title,
+        title_en=title,
+    )
 
 
 NOW = T0 + 10 * H
 
 
-@pytest.mark.parametrize(("hazards", "code", "reason_en"), [
-    pytest.param([], "green", "no confirmed hazard open", id="none"),
-    pytest.param([hz("critical", "proposed"), hz("major", "proposed")], "green", "no confirmed hazard open",
-                 id="proposed-do-not-count"),
-    pytest.param([hz("info")], "green", "no confirmed hazard open", id="info-does-not-count"),
-    pytest.param([hz("minor", deadline=NOW + H)], "yellow", "hazard under deadline rectification: h",
-                 id="minor-in-time"),
-    pytest.param([hz("minor", deadline=NOW - H)], "yellow", "hazard under deadline rectification: h",
-                 id="minor-late"),
-    pytest.param([hz("major", "rectified", deadline=NOW + H)], "yellow",
-                 "hazard under deadline rectification: h", id="major-rectified-not-closed"),
-    pytest.param([hz("major", deadline=NOW - 1)], "red", "major hazard past its deadline: h",
-                 id="major-late"),
-    pytest.param([hz("minor"), hz("critical", "dispatched", title="pump")], "red",
-                 "confirmed critical hazard open: pump", id="critical"),
-])
+@pytest.mark.parametrize(
+    ("hazards", "code", "reason_en"),
+    [
+        pytest.param([], "green", "no confirmed hazard open", id="none"),
+        pytest.param(
+            [hz("critical", "proposed"), hz("major", "proposed")],
+            "green",
+            "no confirmed hazard open",
+            id="proposed-do-not-count",
+        ),
+        pytest.param([hz("info")], "green", "no confirmed hazard open", id="info-does-not-count"),
+        pytest.param(
+            [hz("minor", deadline=NOW + H)], "yellow", "hazard under deadline rectification: h", id="minor-in-time"
+        ),
+        pytest.param(
+            [hz("minor", deadline=NOW - H)], "yellow", "hazard under deadline rectification: h", id="minor-late"
+        ),
+        pytest.param(
+            [hz("major", "rectified", deadline=NOW + H)],
+            "yellow",
+            "hazard under deadline rectification: h",
+            id="major-rectified-not-closed",
+        ),
+        pytest.param([hz("major", deadline=NOW - 1)], "red", "major hazard past its deadline: h", id="major-late"),
+        pytest.param(
+            [hz("minor"), hz("critical", "dispatched", title="pump")],
+            "red",
+            "confirmed critical hazard open: pump",
+            id="critical",
+        ),
+    ],
+)
 def test_site_codes(hazards: list[Hazard], code: str, reason_en: str) -> None:
     sc = site_code(hazards, None, NOW, last_inspection_ms=T0)
     assert (sc.code, sc.reason_en) == (code, reason_en)
@@ -316,10 +377,23 @@ def test_site_code_never_inspected_is_due_now_plus_cadence() -> None:
 
 
 def test_override_is_audited_and_expires() -> None:
-    ov, rec = set_override("S1", "yellow", "stop-business order pending", "chief-inspector", NOW,
-                           until_ms=NOW + H, stop_business=True, id_factory=lambda: "ev1")
+    ov, rec = set_override(
+        "S1",
+        "yellow",
+        "stop-business order pending",
+        "chief-inspector",
+        NOW,
+        until_ms=NOW + H,
+        stop_business=True,
+        id_factory=lambda: "ev1",
+    )
     assert (ov.code, rec.kind, rec.type, rec.actor, rec.note) == (
-        "red", "site", "override_set", "chief-inspector", "stop-business order pending")
+        "red",
+        "site",
+        "override_set",
+        "chief-inspector",
+        "stop-business order pending",
+    )
     sc = site_code([], ov, NOW + S)
     assert (sc.code, sc.overridden, sc.cadence) == ("red", True, "daily")
     assert site_code([], ov, NOW + H).code == "green"  # expired
@@ -340,6 +414,7 @@ def test_green_override_over_open_hazard() -> None:
 
 # ----------------------------------------------------------------------------- engine → workflow
 
+
 def test_engine_effects_through_the_workflow() -> None:
     cat = catalog([device("B1", "onekey-alarm-button"), device("P1", "fire-pump-cabinet", host="h")])
     eng, w = RuleEngine(cat), Workflow(cat)
@@ -353,7 +428,11 @@ def test_engine_effects_through_the_workflow() -> None:
     by_rule = {r.snapshot["rule"]: r.snapshot for r in recs if r.type == "opened"}
     mode = by_rule["pump1_not_auto"]  # the shipped profile makes it a hard rule: it starts confirmed
     assert (mode["hazard_class"], mode["severity"], mode["tier"], mode["state"]) == (
-        "supervisory", "major", "supervisor", "confirmed")
+        "supervisory",
+        "major",
+        "supervisor",
+        "confirmed",
+    )
     assert by_rule["offline"]["hazard_class"] == "offline"  # the cabinet went quiet after T0
     [fid] = list(w.fire_events)
     [resolved] = w.act("fire_event", fid, "resolve", "chief", now_ms=T0 + 700 * S, resolution="false_alarm")

@@ -10,14 +10,17 @@ import pytest
 from gateway.logs import RedactingFilter, redact
 
 
-@pytest.mark.parametrize(("text", "secret"), [
-    ("HTTP Request: POST https://grid:s3cret-pass@workflow.example/events", "s3cret-pass"),
-    ("POST http://h/events?apikey=abcd1234efgh&x=1", "abcd1234efgh"),
-    ("url=https://h/w?token=tok-98765&sig=zz9", "tok-98765"),
-    ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
-    ("mqtt://firegw:pa55word@broker:1883", "pa55word"),
-    ("https://h/?Password=hunter22", "hunter22"),
-])
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("HTTP Request: POST https://grid:s3cret-pass@workflow.example/events", "s3cret-pass"),
+        ("POST http://h/events?apikey=abcd1234efgh&x=1", "abcd1234efgh"),
+        ("url=https://h/w?token=tok-98765&sig=zz9", "tok-98765"),
+        ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
+        ("mqtt://firegw:pa55word@broker:1883", "pa55word"),
+        ("https://h/?Password=hunter22", "hunter22"),
+    ],
+)
 def test_redact(text: str, secret: str) -> None:
     out = redact(text)
     assert secret not in out and "***" in out

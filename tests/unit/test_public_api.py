@@ -40,5 +40,10 @@ def test_import_gateway_is_light() -> None:
 
 
 def test_the_pure_core_loads_no_runtime() -> None:
-    assert _loaded("import gateway.rules.engine, gateway.normalize.router, gateway.normalize.registers, "
-                   "gateway.hazards.lifecycle, gateway.hazards.codes, gateway.profiles.loader") == []
+    assert (
+        _loaded(
+            "import gateway.rules.engine, gateway.normalize.router, gateway.normalize.registers, "
+            "gateway.hazards.lifecycle, gateway.hazards.codes, gateway.profiles.loader"
+        )
+        == []
+    )

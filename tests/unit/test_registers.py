@@ -262,9 +262,7 @@ def test_address_zero_on_a_one_based_device_is_a_config_error() -> None:
 
 def _regs(*specs: tuple[str, int, str]) -> list[RegisterPoint]:
     pts = [
-        _point(
-            {"table": t, "address": a, "type": ty}, vtype="bool" if ty == "bool" else "float", name=f"p{i}"
-        )
+        _point({"table": t, "address": a, "type": ty}, vtype="bool" if ty == "bool" else "float", name=f"p{i}")
         for i, (t, a, ty) in enumerate(specs)
     ]
     return list(compile_points(_profile(*pts)))
@@ -326,8 +324,18 @@ def test_read_planning(
         ({"host": "h", "unit": 255}, None),  # a single-unit Modbus TCP device
         ({"host": "h", "unit": 0}, None),
         ({"host": "h", "sequential": False, "late_answer_s": 0.5}, None),
-        ({"framer": "rtu", "serial_port": "/dev/ttyUSB0", "unit": 247, "baudrate": 19200, "parity": "E",
-          "stopbits": 2, "bytesize": 7}, None),
+        (
+            {
+                "framer": "rtu",
+                "serial_port": "/dev/ttyUSB0",
+                "unit": 247,
+                "baudrate": 19200,
+                "parity": "E",
+                "stopbits": 2,
+                "bytesize": 7,
+            },
+            None,
+        ),
         ({"framer": "rtu_over_tcp", "host": "h", "unit": 255}, "an RTU unit id is 1..247"),
         ({"framer": "rtu", "serial_port": "/dev/ttyUSB0", "unit": 0}, "broadcast"),
         ({"framer": "rtu_over_tcp", "host": "h", "sequential": False}, "sequential: false needs framer tcp"),
@@ -433,8 +441,9 @@ def _cabinet_reads(recheck_s: float = 60.0) -> DeviceReads:
     return DeviceReads(compile_device("c", prof, ModbusDeviceBinding(host="127.0.0.1")), recheck_s=recheck_s)
 
 
-def _drive(reads: DeviceReads, now: float, *, lacks: dict[str, set[int]] | None = None,
-           codes: dict[str, int] | None = None) -> tuple[ReadPass, bool]:
+def _drive(
+    reads: DeviceReads, now: float, *, lacks: dict[str, set[int]] | None = None, codes: dict[str, int] | None = None
+) -> tuple[ReadPass, bool]:
     """One pass against a device that lacks ``lacks`` (exception 02) and answers ``codes`` per table."""
     rp = reads.start(now)
     while (b := rp.next()) is not None:
@@ -533,11 +542,20 @@ def test_readme_binding_example_is_valid_and_shows_every_field() -> None:
     raw = yaml.safe_load(block.group(1))["devices"]
     shown = {k for d in raw for k in d["modbus"]}
     assert shown == set(ModbusDeviceBinding.model_fields), set(ModbusDeviceBinding.model_fields) - shown
-    site = Site.model_validate({"site_id": "pumproom", "name": "p", "town": "t", "grid_cell": "g",
-                                "domain": "industrial", "station": {"station_id": "m", "name": "m"}})
+    site = Site.model_validate(
+        {
+            "site_id": "pumproom",
+            "name": "p",
+            "town": "t",
+            "grid_cell": "g",
+            "domain": "industrial",
+            "station": {"station_id": "m", "name": "m"},
+        }
+    )
     devices = [Device.model_validate(d) for d in raw]
-    catalog = Catalog(profiles=load_catalog(PROFILES, None).profiles,
-                      inventory=Inventory(sites=[site], devices=devices))
+    catalog = Catalog(
+        profiles=load_catalog(PROFILES, None).profiles, inventory=Inventory(sites=[site], devices=devices)
+    )
 
     async def commit(batch: PollBatch) -> None:
         pass

@@ -50,35 +50,53 @@ from gateway.rules.spec import (
 from gateway.sources.base import DeviceStatusChange
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = {p.profile: p for p in (load_profile(f) for f in sorted((ROOT / "device_profiles").glob("*.yaml"))
-                                  if not f.name.startswith("_"))}
+SHIPPED = {
+    p.profile: p
+    for p in (load_profile(f) for f in sorted((ROOT / "device_profiles").glob("*.yaml")) if not f.name.startswith("_"))
+}
 S = 1000  # ms per second
 T0 = 1_700_000_000_000
 
-SENSOR = Profile.model_validate({
-    "profile": "test-sensor", "kind": "test_sensor", "title": {"zh": "测试传感器", "en": "Test sensor"},
-    "transport": "mqtt", "cadence_s": 60, "mqtt": {"topic": "t/{device_id}"},
-    "points": [
-        {"name": "pressure", "class": "analog", "type": "float", "unit": "MPa", "path": "p",
-         "range": [0, 2.5]},
-        {"name": "mode", "class": "status", "type": "int", "path": "m", "enum": {0: "manual", 1: "auto"}},
-        {"name": "flag", "class": "status", "type": "bool", "path": "f"},
-        {"name": "runs", "class": "status", "type": "int", "unit": "count", "path": "r"},
-        {"name": "label", "class": "status", "type": "str", "path": "l"},
-    ],
-})
+SENSOR = Profile.model_validate(
+    {
+        "profile": "test-sensor",
+        "kind": "test_sensor",
+        "title": {"zh": "测试传感器", "en": "Test sensor"},
+        "transport": "mqtt",
+        "cadence_s": 60,
+        "mqtt": {"topic": "t/{device_id}"},
+        "points": [
+            {"name": "pressure", "class": "analog", "type": "float", "unit": "MPa", "path": "p", "range": [0, 2.5]},
+            {"name": "mode", "class": "status", "type": "int", "path": "m", "enum": {0: "manual", 1: "auto"}},
+            {"name": "flag", "class": "status", "type": "bool", "path": "f"},
+            {"name": "runs", "class": "status", "type": "int", "unit": "count", "path": "r"},
+            {"name": "label", "class": "status", "type": "str", "path": "l"},
+        ],
+    }
+)
 
 
 def site(site_id: str = "S1", **extra: Any) -> Site:
-    return Site.model_validate({"site_id": site_id, "name": f"site {site_id}", "town": "T", "grid_cell": "G1",
-                                "domain": "industrial",
-                                "station": {"station_id": "MS1", "name": "Micro station 1",
-                                            "duty_officer": "officer-1"}, **extra})
+    return Site.model_validate(
+        {
+            "site_id": site_id,
+            "name": f"site {site_id}",
+            "town": "T",
+            "grid_cell": "G1",
+            "domain": "industrial",
+            "station": {"station_id": "MS1", "name": "Micro station 1", "duty_officer": "officer-1"},
+            **extra,
+        }
+    )
 
 
 def device(device_id: str, profile: str, site_id: str = "S1", host: str | None = None) -> Device:
-    data: dict[str, Any] = {"device_id": device_id, "site_id": site_id, "profile": profile,
-                            "location": {"building": "B1", "floor": "2F", "room": "201"}}
+    data: dict[str, Any] = {
+        "device_id": device_id,
+        "site_id": site_id,
+        "profile": profile,
+        "location": {"building": "B1", "floor": "2F", "room": "201"},
+    }
     if host is not None:
         data["modbus"] = {"host": host, "port": 502, "unit": int(device_id[-1])}
     return Device.model_validate(data)
@@ -87,20 +105,26 @@ def device(device_id: str, profile: str, site_id: str = "S1", host: str | None =
 def catalog(devices: Sequence[Device], sites: Sequence[Site] = ()) -> Catalog:
     profiles = {**SHIPPED, SENSOR.profile: SENSOR}
     site_ids = sorted({d.site_id for d in devices} - {s.site_id for s in sites})
-    return Catalog(profiles=profiles, inventory=Inventory(sites=[*sites, *(site(s) for s in site_ids)],
-                                                          devices=list(devices)))
+    return Catalog(
+        profiles=profiles, inventory=Inventory(sites=[*sites, *(site(s) for s in site_ids)], devices=list(devices))
+    )
 
 
-def engine(rules: Sequence[AnyRule] | None = None, devices: Sequence[Device] | None = None,
-           site_rules: SiteRules | None = None) -> RuleEngine:
+def engine(
+    rules: Sequence[AnyRule] | None = None, devices: Sequence[Device] | None = None, site_rules: SiteRules | None = None
+) -> RuleEngine:
     """An engine over one test-sensor device D1 (or ``devices``) with exactly ``rules`` (if given)."""
     cat = catalog(devices or [device("D1", "test-sensor")])
-    return RuleEngine(cat, rules_for=(lambda d, p: list(rules)) if rules is not None else None,
-                      site_rules_for=(lambda s: site_rules) if site_rules is not None else None)
+    return RuleEngine(
+        cat,
+        rules_for=(lambda d, p: list(rules)) if rules is not None else None,
+        site_rules_for=(lambda s: site_rules) if site_rules is not None else None,
+    )
 
 
-def rd(metric: str, value: Value, ts: int, rx: int | None = None, dev: str = "D1",
-       quality: Quality = Quality.GOOD) -> Reading:
+def rd(
+    metric: str, value: Value, ts: int, rx: int | None = None, dev: str = "D1", quality: Quality = Quality.GOOD
+) -> Reading:
     return Reading("S1", dev, metric, value, "", ts, ts if rx is None else rx, quality, PointClass.ANALOG)
 
 
@@ -142,8 +166,17 @@ def _imports(path: Path) -> set[str]:
 def test_profiles_import_no_rules_and_rules_stay_pure() -> None:
     for path in sorted((ROOT / "gateway" / "profiles").glob("*.py")):
         assert not {m for m in _imports(path) if m.startswith("gateway.rules")}, path.name
-    impure = ("asyncio", "socket", "sqlite3", "time", "datetime", "threading", "gateway.sources",
-              "gateway.store", "gateway.runtime.pipeline")
+    impure = (
+        "asyncio",
+        "socket",
+        "sqlite3",
+        "time",
+        "datetime",
+        "threading",
+        "gateway.sources",
+        "gateway.store",
+        "gateway.runtime.pipeline",
+    )
     for path in sorted((ROOT / "gateway" / "rules").glob("*.py")):
         assert not {m for m in _imports(path) if m.split(".")[0] in impure or m.startswith(impure)}, path.name
         assert ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))), f"{path.name} says what it owns"
@@ -154,54 +187,71 @@ def test_profiles_import_no_rules_and_rules_stay_pure() -> None:
 RULES: TypeAdapter[list[RuleSpec]] = TypeAdapter(list[RuleSpec])
 
 
-@pytest.mark.parametrize(("rule", "message"), [
-    ({"kind": "threshold", "point": "pressure", "below": 0.25, "clear_at": 0.2}, "impossible hysteresis"),
-    ({"kind": "threshold", "point": "pressure", "above": 1.6, "clear_at": 1.7}, "impossible hysteresis"),
-    ({"kind": "threshold", "point": "pressure", "below": 0.25, "above": 1.6},
-     "exactly one of below or above"),
-    ({"kind": "threshold", "point": "pressure", "below": 0.25, "hold_s": -1}, "greater than or equal to 0"),
-    ({"kind": "state_held", "point": "mode", "hold_s": 60}, "exactly one of value or not_value"),
-    ({"kind": "event", "point": "flag", "colour": "red"}, "Extra inputs are not permitted"),
-    ({"kind": "banana", "point": "flag"}, "does not match any of the expected tags"),
-    ({"kind": "event", "point": "flag", "severity": "huge"}, "Input should be 'info', 'minor'"),
-])
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"kind": "threshold", "point": "pressure", "below": 0.25, "clear_at": 0.2}, "impossible hysteresis"),
+        ({"kind": "threshold", "point": "pressure", "above": 1.6, "clear_at": 1.7}, "impossible hysteresis"),
+        ({"kind": "threshold", "point": "pressure", "below": 0.25, "above": 1.6}, "exactly one of below or above"),
+        ({"kind": "threshold", "point": "pressure", "below": 0.25, "hold_s": -1}, "greater than or equal to 0"),
+        ({"kind": "state_held", "point": "mode", "hold_s": 60}, "exactly one of value or not_value"),
+        ({"kind": "event", "point": "flag", "colour": "red"}, "Extra inputs are not permitted"),
+        ({"kind": "banana", "point": "flag"}, "does not match any of the expected tags"),
+        ({"kind": "event", "point": "flag", "severity": "huge"}, "Input should be 'info', 'minor'"),
+    ],
+)
 def test_spec_rejects(rule: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         RULES.validate_python([rule])
 
 
-@pytest.mark.parametrize(("rule", "problem"), [
-    ({"kind": "threshold", "point": "presure", "below": 0.25},
-     "rules[0].point: unknown point 'presure' (profile test-sensor has: pressure, mode, flag, runs, label)"),
-    ({"kind": "threshold", "point": "flag", "above": 0.5},
-     "rules[0].point: a threshold rule needs a numeric point"),
-    ({"kind": "stuck", "point": "label", "for_s": 60}, "rules[0].point: a stuck rule needs a numeric point"),
-    ({"kind": "event", "point": "flag", "equals": 1}, "rules[0].equals: 1 is not a bool"),
-    ({"kind": "event", "point": "mode", "equals": True}, "rules[0].equals: True is not a int"),
-    ({"kind": "state_held", "point": "mode", "not_value": 7},
-     "rules[0].not_value: 7 is not one of the codes of 'mode': 0 manual, 1 auto"),
-    ({"kind": "state_held", "point": "mode", "value": "auto"}, "rules[0].value: 'auto' is not a int"),
-    ({"kind": "threshold", "point": "pressure", "below": 9},
-     "rules[0].below: 9.0 is outside the physical range [0.0, 2.5]"),
-    ({"kind": "event", "point": "flag", "test_point": "mode"}, "rules[0].test_point: 'mode' must be a bool"),
-])
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (
+            {"kind": "threshold", "point": "presure", "below": 0.25},
+            "rules[0].point: unknown point 'presure' (profile test-sensor has: pressure, mode, flag, runs, label)",
+        ),
+        (
+            {"kind": "threshold", "point": "flag", "above": 0.5},
+            "rules[0].point: a threshold rule needs a numeric point",
+        ),
+        ({"kind": "stuck", "point": "label", "for_s": 60}, "rules[0].point: a stuck rule needs a numeric point"),
+        ({"kind": "event", "point": "flag", "equals": 1}, "rules[0].equals: 1 is not a bool"),
+        ({"kind": "event", "point": "mode", "equals": True}, "rules[0].equals: True is not a int"),
+        (
+            {"kind": "state_held", "point": "mode", "not_value": 7},
+            "rules[0].not_value: 7 is not one of the codes of 'mode': 0 manual, 1 auto",
+        ),
+        ({"kind": "state_held", "point": "mode", "value": "auto"}, "rules[0].value: 'auto' is not a int"),
+        (
+            {"kind": "threshold", "point": "pressure", "below": 9},
+            "rules[0].below: 9.0 is outside the physical range [0.0, 2.5]",
+        ),
+        ({"kind": "event", "point": "flag", "test_point": "mode"}, "rules[0].test_point: 'mode' must be a bool"),
+    ],
+)
 def test_validate_rules_problems(rule: dict[str, Any], problem: str) -> None:
     problems = validate_rules(RULES.validate_python([rule]), SENSOR)
     assert len(problems) == 1 and problems[0].startswith(problem), problems
 
 
 def test_validate_rules_ok_and_duplicate_ids() -> None:
-    ok = RULES.validate_python([
-        {"kind": "threshold", "point": "pressure", "below": 0.25, "clear_at": 0.28, "hold_s": 30},
-        {"kind": "threshold", "point": "pressure", "above": 1.6},
-        {"kind": "state_held", "point": "mode", "not_value": 1, "hold_s": 600},
-        {"kind": "event", "point": "flag", "equals": True},
-        {"kind": "no_data"}, {"kind": "maintenance", "point": "runs"},
-    ])
+    ok = RULES.validate_python(
+        [
+            {"kind": "threshold", "point": "pressure", "below": 0.25, "clear_at": 0.28, "hold_s": 30},
+            {"kind": "threshold", "point": "pressure", "above": 1.6},
+            {"kind": "state_held", "point": "mode", "not_value": 1, "hold_s": 600},
+            {"kind": "event", "point": "flag", "equals": True},
+            {"kind": "no_data"},
+            {"kind": "maintenance", "point": "runs"},
+        ]
+    )
     assert validate_rules(ok, SENSOR) == []
     dup = RULES.validate_python([{"kind": "event", "point": "flag"}, {"kind": "event", "point": "flag"}])
     assert validate_rules(dup, SENSOR) == [
-        "rules[1].name: rule id 'flag' is already used by rules[0]; give one of them a name"]
+        "rules[1].name: rule id 'flag' is already used by rules[0]; give one of them a name"
+    ]
 
 
 def test_shipped_profile_defaults() -> None:
@@ -229,26 +279,42 @@ LOW_HOLD = ThresholdRule(point="pressure", below=0.25, clear_at=0.28, hold_s=30)
 HIGH = ThresholdRule(point="pressure", above=1.6, clear_at=1.5)
 
 
-@pytest.mark.parametrize(("rule", "series", "expected"), [
-    pytest.param(LOW, [(0, 0.30), (1, 0.25)], [], id="exactly-at-threshold-is-fine"),
-    pytest.param(LOW, [(0, 0.30), (1, 0.2499)], [("pressure_low", True, 1)], id="just-below"),
-    pytest.param(LOW, [(0, 0.24), (1, 0.26), (2, 0.24), (3, 0.27), (4, 0.28)],
-                 [("pressure_low", True, 0), ("pressure_low", False, 4)], id="flapping-held-by-hysteresis"),
-    pytest.param(ThresholdRule(point="pressure", below=0.25), [(0, 0.24), (1, 0.25), (2, 0.24)],
-                 [("pressure_low", True, 0), ("pressure_low", False, 1), ("pressure_low", True, 2)],
-                 id="no-hysteresis-flaps"),
-    pytest.param(HIGH, [(0, 1.6), (1, 1.61), (2, 1.55), (3, 1.5)],
-                 [("pressure_high", True, 1), ("pressure_high", False, 3)], id="above-with-hysteresis"),
-    pytest.param(LOW_HOLD, [(0, 0.2), (10, 0.2), (29, 0.2)], [], id="hold-not-yet"),
-    pytest.param(LOW_HOLD, [(0, 0.2), (10, 0.2), (30, 0.2)], [("pressure_low", True, 30)],
-                 id="hold-completed-by-reading"),
-    pytest.param(LOW_HOLD, [(0, 0.2), (20, 0.26), (40, 0.2), (60, 0.2)], [],
-                 id="hold-restarts-when-value-recovers"),
-    pytest.param(LOW_HOLD, [(0, 0.2), (20, 0.26), (40, 0.2), (70, 0.2)], [("pressure_low", True, 70)],
-                 id="hold-restarted"),
-])
-def test_threshold(rule: ThresholdRule, series: list[tuple[int, float]],
-                   expected: list[tuple[str, bool, int]]) -> None:
+@pytest.mark.parametrize(
+    ("rule", "series", "expected"),
+    [
+        pytest.param(LOW, [(0, 0.30), (1, 0.25)], [], id="exactly-at-threshold-is-fine"),
+        pytest.param(LOW, [(0, 0.30), (1, 0.2499)], [("pressure_low", True, 1)], id="just-below"),
+        pytest.param(
+            LOW,
+            [(0, 0.24), (1, 0.26), (2, 0.24), (3, 0.27), (4, 0.28)],
+            [("pressure_low", True, 0), ("pressure_low", False, 4)],
+            id="flapping-held-by-hysteresis",
+        ),
+        pytest.param(
+            ThresholdRule(point="pressure", below=0.25),
+            [(0, 0.24), (1, 0.25), (2, 0.24)],
+            [("pressure_low", True, 0), ("pressure_low", False, 1), ("pressure_low", True, 2)],
+            id="no-hysteresis-flaps",
+        ),
+        pytest.param(
+            HIGH,
+            [(0, 1.6), (1, 1.61), (2, 1.55), (3, 1.5)],
+            [("pressure_high", True, 1), ("pressure_high", False, 3)],
+            id="above-with-hysteresis",
+        ),
+        pytest.param(LOW_HOLD, [(0, 0.2), (10, 0.2), (29, 0.2)], [], id="hold-not-yet"),
+        pytest.param(
+            LOW_HOLD, [(0, 0.2), (10, 0.2), (30, 0.2)], [("pressure_low", True, 30)], id="hold-completed-by-reading"
+        ),
+        pytest.param(
+            LOW_HOLD, [(0, 0.2), (20, 0.26), (40, 0.2), (60, 0.2)], [], id="hold-restarts-when-value-recovers"
+        ),
+        pytest.param(
+            LOW_HOLD, [(0, 0.2), (20, 0.26), (40, 0.2), (70, 0.2)], [("pressure_low", True, 70)], id="hold-restarted"
+        ),
+    ],
+)
+def test_threshold(rule: ThresholdRule, series: list[tuple[int, float]], expected: list[tuple[str, bool, int]]) -> None:
     eng = engine([rule])
     assert feed(eng, "pressure", secs(series)) == at(expected)
 
@@ -270,15 +336,24 @@ def test_threshold_hold_uses_gateway_clock_for_a_device_clock_behind() -> None:
 
 # ----------------------------------------------------------------------------- time edges
 
-@pytest.mark.parametrize(("series", "expected", "stale"), [
-    pytest.param([(10, 0.2), (5, 0.3)], [("pressure_low", True, 10)], 1, id="late-reading-ignored"),
-    pytest.param([(10, 0.2), (10, 0.3)], [("pressure_low", True, 10)], 1, id="duplicate-ignored"),
-    pytest.param([(10, 0.3), (12, 0.3), (11, 0.2), (13, 0.3)], [], 1, id="out-of-order-dip-ignored"),
-    pytest.param([(10, 0.2), (9, 0.3), (20, 0.3)],
-                 [("pressure_low", True, 10), ("pressure_low", False, 20)], 1, id="newer-after-late"),
-])
-def test_stale_and_out_of_order(series: list[tuple[int, float]], expected: list[tuple[str, bool, int]],
-                                stale: int) -> None:
+
+@pytest.mark.parametrize(
+    ("series", "expected", "stale"),
+    [
+        pytest.param([(10, 0.2), (5, 0.3)], [("pressure_low", True, 10)], 1, id="late-reading-ignored"),
+        pytest.param([(10, 0.2), (10, 0.3)], [("pressure_low", True, 10)], 1, id="duplicate-ignored"),
+        pytest.param([(10, 0.3), (12, 0.3), (11, 0.2), (13, 0.3)], [], 1, id="out-of-order-dip-ignored"),
+        pytest.param(
+            [(10, 0.2), (9, 0.3), (20, 0.3)],
+            [("pressure_low", True, 10), ("pressure_low", False, 20)],
+            1,
+            id="newer-after-late",
+        ),
+    ],
+)
+def test_stale_and_out_of_order(
+    series: list[tuple[int, float]], expected: list[tuple[str, bool, int]], stale: int
+) -> None:
     eng = engine([LOW])
     assert feed(eng, "pressure", secs(series)) == at(expected)
     assert eng.counters["stale"] == stale
@@ -290,7 +365,8 @@ def test_device_clock_reset_is_followed() -> None:
     back = T0 - CLOCK_RESET_MS - 1
     # received later with a clock far behind: a reset, evaluated
     assert conds(eng.on_readings([rd("pressure", 0.2, back, rx=T0 + S)], T0 + S)) == [
-        ("D1", "pressure_low", True, back)]
+        ("D1", "pressure_low", True, back)
+    ]
     assert eng.counters["clock_reset"] == 1
     # a little behind (and received later) is just late
     assert eng.on_readings([rd("pressure", 0.3, back - 5 * S, rx=T0 + 2 * S)], T0 + 2 * S) == []
@@ -313,21 +389,44 @@ def test_missing_quality_is_not_evaluated() -> None:
 
 # ----------------------------------------------------------------------------- event and state held
 
-@pytest.mark.parametrize(("rule", "series", "expected"), [
-    pytest.param(EventRule(point="flag"), [(0, False), (1, True), (2, True), (3, False), (4, True)],
-                 [("flag", True, 1), ("flag", False, 3), ("flag", True, 4)], id="fault-edges-and-repeat"),
-    pytest.param(EventRule(point="flag"), [(0, True)], [("flag", True, 0)], id="first-reading-true"),
-    pytest.param(EventRule(point="mode", equals=0, name="manual"), [(0, 1), (1, 0), (2, 2), (3, 0)],
-                 [("manual", True, 1), ("manual", False, 2), ("manual", True, 3)], id="equals-int"),
-    pytest.param(StateHeldRule(point="mode", not_value=1, hold_s=60), [(0, 1), (10, 0), (69, 2), (70, 0)],
-                 [("mode_held", True, 70)], id="not-auto-held"),
-    pytest.param(StateHeldRule(point="mode", not_value=1, hold_s=60), [(0, 0), (30, 1), (40, 0), (90, 0)],
-                 [], id="back-to-auto-restarts-hold"),
-    pytest.param(StateHeldRule(point="flag", value=False, hold_s=0), [(0, True), (1, False), (2, True)],
-                 [("flag_held", True, 1), ("flag_held", False, 2)], id="value-no-hold"),
-])
-def test_event_and_state(rule: AnyRule, series: list[tuple[int, Value]],
-                         expected: list[tuple[str, bool, int]]) -> None:
+
+@pytest.mark.parametrize(
+    ("rule", "series", "expected"),
+    [
+        pytest.param(
+            EventRule(point="flag"),
+            [(0, False), (1, True), (2, True), (3, False), (4, True)],
+            [("flag", True, 1), ("flag", False, 3), ("flag", True, 4)],
+            id="fault-edges-and-repeat",
+        ),
+        pytest.param(EventRule(point="flag"), [(0, True)], [("flag", True, 0)], id="first-reading-true"),
+        pytest.param(
+            EventRule(point="mode", equals=0, name="manual"),
+            [(0, 1), (1, 0), (2, 2), (3, 0)],
+            [("manual", True, 1), ("manual", False, 2), ("manual", True, 3)],
+            id="equals-int",
+        ),
+        pytest.param(
+            StateHeldRule(point="mode", not_value=1, hold_s=60),
+            [(0, 1), (10, 0), (69, 2), (70, 0)],
+            [("mode_held", True, 70)],
+            id="not-auto-held",
+        ),
+        pytest.param(
+            StateHeldRule(point="mode", not_value=1, hold_s=60),
+            [(0, 0), (30, 1), (40, 0), (90, 0)],
+            [],
+            id="back-to-auto-restarts-hold",
+        ),
+        pytest.param(
+            StateHeldRule(point="flag", value=False, hold_s=0),
+            [(0, True), (1, False), (2, True)],
+            [("flag_held", True, 1), ("flag_held", False, 2)],
+            id="value-no-hold",
+        ),
+    ],
+)
+def test_event_and_state(rule: AnyRule, series: list[tuple[int, Value]], expected: list[tuple[str, bool, int]]) -> None:
     eng = engine([rule])
     metric = str(getattr(rule, "point"))  # noqa: B009
     assert feed(eng, metric, secs(series)) == at(expected)
@@ -346,8 +445,9 @@ def test_fire_signal_edge_or_each(trigger: str, signals: int) -> None:
 
 def test_button_defaults_from_shipped_profile() -> None:
     eng = engine(devices=[device("B1", "onekey-alarm-button")])
-    out = eng.on_readings([rd("fire_alarm", True, T0, dev="B1"), rd("tamper", True, T0, dev="B1"),
-                           rd("battery", 80.0, T0, dev="B1")], T0)
+    out = eng.on_readings(
+        [rd("fire_alarm", True, T0, dev="B1"), rd("tamper", True, T0, dev="B1"), rd("battery", 80.0, T0, dev="B1")], T0
+    )
     assert [type(e).__name__ for e in out] == ["FireSignal", "Condition"]
     tamper = out[1]
     assert isinstance(tamper, Condition) and tamper.hazard_class == "fault" and tamper.severity == "minor"
@@ -364,33 +464,46 @@ def test_fire_signal_test_point() -> None:
 
 # ----------------------------------------------------------------------------- rate of change and stuck
 
-@pytest.mark.parametrize(("series", "expected"), [
-    pytest.param([(0, 0.50), (60, 0.45)], [], id="slow-drop"),
-    pytest.param([(0, 0.50), (60, 0.30)], [("pressure_rate", True, 60)], id="fast-drop"),
-    pytest.param([(0, 0.50), (6, 0.48)], [("pressure_rate", True, 6)], id="fast-over-a-short-gap"),
-    pytest.param([(0, 0.50), (60, 0.30), (120, 0.29)],
-                 [("pressure_rate", True, 60), ("pressure_rate", False, 120)], id="clears-when-steady"),
-])
+
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        pytest.param([(0, 0.50), (60, 0.45)], [], id="slow-drop"),
+        pytest.param([(0, 0.50), (60, 0.30)], [("pressure_rate", True, 60)], id="fast-drop"),
+        pytest.param([(0, 0.50), (6, 0.48)], [("pressure_rate", True, 6)], id="fast-over-a-short-gap"),
+        pytest.param(
+            [(0, 0.50), (60, 0.30), (120, 0.29)],
+            [("pressure_rate", True, 60), ("pressure_rate", False, 120)],
+            id="clears-when-steady",
+        ),
+    ],
+)
 def test_rate_of_change(series: list[tuple[int, float]], expected: list[tuple[str, bool, int]]) -> None:
     eng = engine([RateOfChangeRule(point="pressure", max_change=0.1, per_s=60)])
     assert feed(eng, "pressure", secs(series)) == at(expected)
 
 
-@pytest.mark.parametrize(("series", "expected"), [
-    pytest.param([(0, 0.5), (300, 0.5), (600, 0.5)], [("pressure_stuck", True, 600)], id="frozen"),
-    pytest.param([(0, 0.5), (600, 0.5)], [], id="too-few-samples"),
-    pytest.param([(0, 0.5), (100, 0.5), (200, 0.5)], [], id="not-long-enough"),
-    pytest.param([(0, 0.5), (300, 0.5), (600, 0.5), (700, 0.51)],
-                 [("pressure_stuck", True, 600), ("pressure_stuck", False, 700)], id="moves-again"),
-    pytest.param([(0, 0.5), (300, 0.5001), (600, 0.4999)], [("pressure_stuck", True, 600)],
-                 id="within-tolerance"),
-])
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        pytest.param([(0, 0.5), (300, 0.5), (600, 0.5)], [("pressure_stuck", True, 600)], id="frozen"),
+        pytest.param([(0, 0.5), (600, 0.5)], [], id="too-few-samples"),
+        pytest.param([(0, 0.5), (100, 0.5), (200, 0.5)], [], id="not-long-enough"),
+        pytest.param(
+            [(0, 0.5), (300, 0.5), (600, 0.5), (700, 0.51)],
+            [("pressure_stuck", True, 600), ("pressure_stuck", False, 700)],
+            id="moves-again",
+        ),
+        pytest.param([(0, 0.5), (300, 0.5001), (600, 0.4999)], [("pressure_stuck", True, 600)], id="within-tolerance"),
+    ],
+)
 def test_stuck(series: list[tuple[int, float]], expected: list[tuple[str, bool, int]]) -> None:
     eng = engine([StuckRule(point="pressure", for_s=600, min_samples=3, tolerance=0.0005)])
     assert feed(eng, "pressure", secs(series)) == at(expected)
 
 
 # ----------------------------------------------------------------------------- no data, links, sources
+
 
 def test_no_data_fires_from_tick_and_clears_on_data() -> None:
     eng = engine([NoDataRule()])  # cadence 60 s x 3
@@ -400,7 +513,8 @@ def test_no_data_fires_from_tick_and_clears_on_data() -> None:
     assert conds(eng.tick(T0 + 280 * S)) == [("D1", "offline", True, T0 + 280 * S)]
     assert eng.tick(T0 + 900 * S) == []  # once
     assert conds(eng.on_readings([rd("pressure", 0.3, T0 + 901 * S)], T0 + 901 * S)) == [
-        ("D1", "offline", False, T0 + 901 * S)]
+        ("D1", "offline", False, T0 + 901 * S)
+    ]
     assert conds(eng.tick(T0 + 1081 * S)) == [("D1", "offline", True, T0 + 1081 * S)]
 
 
@@ -429,7 +543,8 @@ def test_single_device_unreachable_is_offline() -> None:
     out = eng.on_status([DeviceStatusChange("P2", "unreachable", T0, "no answer")], T0)
     assert conds(out) == [("P2", "offline", True, T0)]
     assert conds(eng.on_status([DeviceStatusChange("P2", "online", T0 + S)], T0 + S)) == [
-        ("P2", "offline", False, T0 + S)]
+        ("P2", "offline", False, T0 + S)
+    ]
 
 
 def test_gateway_source_down_suppresses_per_device_offline() -> None:
@@ -447,20 +562,25 @@ def test_gateway_source_down_suppresses_per_device_offline() -> None:
 
 # ----------------------------------------------------------------------------- site correlations
 
+
 def _pump_engine() -> RuleEngine:
-    return engine(devices=[device("P1", "fire-pump-cabinet", host="10.0.0.9")],
-                  site_rules=SiteRules(pump_start=PumpStartRule(limit_s=120)))
+    return engine(
+        devices=[device("P1", "fire-pump-cabinet", host="10.0.0.9")],
+        site_rules=SiteRules(pump_start=PumpStartRule(limit_s=120)),
+    )
 
 
-@pytest.mark.parametrize(("run_at", "tick_at", "expected"), [
-    pytest.param(None, 119, [], id="within-limit"),
-    pytest.param(None, 120, [("", "pump_start", True, T0 + 120 * S)], id="fails-to-start"),
-    pytest.param(60, 200, [], id="started-in-time"),
-])
+@pytest.mark.parametrize(
+    ("run_at", "tick_at", "expected"),
+    [
+        pytest.param(None, 119, [], id="within-limit"),
+        pytest.param(None, 120, [("", "pump_start", True, T0 + 120 * S)], id="fails-to-start"),
+        pytest.param(60, 200, [], id="started-in-time"),
+    ],
+)
 def test_pump_start(run_at: int | None, tick_at: int, expected: list[tuple[str, str, bool, int]]) -> None:
     eng = _pump_engine()
-    eng.on_readings([rd("pump1_run", False, T0 - S, dev="P1"),
-                     rd("pressure_switch", False, T0 - S, dev="P1")], T0 - S)
+    eng.on_readings([rd("pump1_run", False, T0 - S, dev="P1"), rd("pressure_switch", False, T0 - S, dev="P1")], T0 - S)
     eng.on_readings([rd("pressure_switch", True, T0, dev="P1")], T0)
     if run_at is not None:
         eng.on_readings([rd("pump1_run", True, T0 + run_at * S, dev="P1")], T0 + run_at * S)
@@ -482,11 +602,9 @@ def test_dual_power_loss() -> None:
     r = eng.on_readings([rd("main_power", False, T0 + S, dev="P1")], T0 + S)
     assert not [c for c in conds(r) if c[1] == "dual_power_loss"]
     r = eng.on_readings([rd("backup_power", False, T0 + 2 * S, dev="P1")], T0 + 2 * S)
-    assert [c for c in conds(r) if c[1] == "dual_power_loss"] == [
-        ("P1", "dual_power_loss", True, T0 + 2 * S)]
+    assert [c for c in conds(r) if c[1] == "dual_power_loss"] == [("P1", "dual_power_loss", True, T0 + 2 * S)]
     r = eng.on_readings([rd("main_power", True, T0 + 3 * S, dev="P1")], T0 + 3 * S)
-    assert [c for c in conds(r) if c[1] == "dual_power_loss"] == [
-        ("P1", "dual_power_loss", False, T0 + 3 * S)]
+    assert [c for c in conds(r) if c[1] == "dual_power_loss"] == [("P1", "dual_power_loss", False, T0 + 3 * S)]
 
 
 def test_false_alarms_per_day() -> None:
@@ -510,11 +628,13 @@ def test_maintenance_overdue() -> None:
     assert eng.tick(T0 + week - 1) == []
     assert conds(eng.tick(T0 + week)) == [("D1", "runs_overdue", True, T0 + week)]
     assert conds(eng.on_readings([rd("runs", 11, T0 + week + S)], T0 + week + S)) == [
-        ("D1", "runs_overdue", False, T0 + week + S)]
+        ("D1", "runs_overdue", False, T0 + week + S)
+    ]
     assert conds(eng.tick(T0 + 2 * week + S)) == [("D1", "runs_overdue", True, T0 + 2 * week + S)]
 
 
 # ----------------------------------------------------------------------------- test mode and shields
+
 
 def test_test_mode_gives_test_records() -> None:
     eng = engine([EventRule(point="flag"), EventRule(point="mode", opens="fire_event")])
@@ -523,7 +643,9 @@ def test_test_mode_gives_test_records() -> None:
     assert isinstance(on[0], ShieldLog) and on[0].action == "test_on"
     out = eng.on_readings([rd("flag", True, T0 + S), rd("mode", 1, T0 + S)], T0 + S)
     assert [(type(e).__name__, getattr(e, "opens", None)) for e in out] == [
-        ("TestRecord", "hazard"), ("TestRecord", "fire_event")]
+        ("TestRecord", "hazard"),
+        ("TestRecord", "fire_event"),
+    ]
     rec = out[0]
     assert isinstance(rec, TestRecord) and rec.reason == "annual test" and rec.actor == "tech"
     # expiry: logged, and the condition still active is raised now
@@ -535,11 +657,12 @@ def test_test_mode_gives_test_records() -> None:
 
 def test_shield_one_point_is_time_limited_and_logged() -> None:
     eng = engine([EventRule(point="flag"), EventRule(point="mode", equals=0)])
-    eng.set_shield(Shield(device_id="D1", point="flag", until_ms=T0 + 60 * S, reason="wiring work",
-                          actor="ops"), T0)
+    eng.set_shield(Shield(device_id="D1", point="flag", until_ms=T0 + 60 * S, reason="wiring work", actor="ops"), T0)
     out = eng.on_readings([rd("flag", True, T0 + S), rd("mode", 0, T0 + S)], T0 + S)
     assert [(type(e).__name__, getattr(e, "action", None)) for e in out] == [
-        ("ShieldLog", "suppressed"), ("Condition", None)]
+        ("ShieldLog", "suppressed"),
+        ("Condition", None),
+    ]
     # cleared under the shield: nothing to clear downstream
     assert eng.on_readings([rd("flag", False, T0 + 2 * S)], T0 + 2 * S) == []
     end = eng.end_mode("D1", "flag", "ops", T0 + 3 * S)
@@ -549,9 +672,15 @@ def test_shield_one_point_is_time_limited_and_logged() -> None:
 
 # ----------------------------------------------------------------------------- persistence
 
+
 def test_snapshot_restore_mid_hold() -> None:
-    rules: list[AnyRule] = [LOW_HOLD, EventRule(point="flag"), NoDataRule(),
-                            StuckRule(point="pressure", for_s=600), MaintenanceRule(point="runs")]
+    rules: list[AnyRule] = [
+        LOW_HOLD,
+        EventRule(point="flag"),
+        NoDataRule(),
+        StuckRule(point="pressure", for_s=600),
+        MaintenanceRule(point="runs"),
+    ]
     eng = engine(rules)
     eng.on_readings([rd("flag", True, T0), rd("runs", 3, T0), rd("pressure", 0.2, T0 + 10 * S)], T0 + 10 * S)
     eng.set_shield(Shield(device_id="D1", point="mode", until_ms=T0 + 3600 * S, reason="r", actor="a"), T0)
@@ -563,7 +692,8 @@ def test_snapshot_restore_mid_hold() -> None:
     assert conds(fresh.tick(T0 + 40 * S)) == [("D1", "pressure_low", True, T0 + 40 * S)]
     assert conds(fresh.on_readings([rd("flag", True, T0 + 41 * S)], T0 + 41 * S)) == []
     assert conds(fresh.on_readings([rd("flag", False, T0 + 42 * S)], T0 + 42 * S)) == [
-        ("D1", "flag", False, T0 + 42 * S)]
+        ("D1", "flag", False, T0 + 42 * S)
+    ]
     # a reading older than the last one seen before the restart is stale
     assert conds(fresh.on_readings([rd("pressure", 0.1, T0 + 5 * S)], T0 + 43 * S)) == []
     assert fresh.counters["stale"] == 1
@@ -573,47 +703,91 @@ def test_snapshot_restore_mid_hold() -> None:
 #: under test mode, a pump start pending, a fault standing under a shield, a link down, two false
 #: alarms over the limit and the MQTT source down.
 SNAPSHOT_V1: dict[str, Any] = {
-    "version": 1, "started": True,
-    "points": {"D1|pressure": [1700000000000, 1700000000000, 0.1], "D1|runs": [1700000000000, 1700000000000, 4],
-               "D1|mode": [1700000000000, 1700000000000, 0],
-               "P1|pump1_fault": [1700000001000, 1700000001000, True],
-               "P1|pressure_switch": [1700000001000, 1700000001000, True]},
+    "version": 1,
+    "started": True,
+    "points": {
+        "D1|pressure": [1700000000000, 1700000000000, 0.1],
+        "D1|runs": [1700000000000, 1700000000000, 4],
+        "D1|mode": [1700000000000, 1700000000000, 0],
+        "P1|pump1_fault": [1700000001000, 1700000001000, True],
+        "P1|pressure_switch": [1700000001000, 1700000001000, True],
+    },
     "evals": {"D1|pressure_low": [1, 1700000000000, 1700000030000], "D1|runs_stuck": [4.0, 1700000000000, 1, 0]},
-    "devices": {"D1": [1700000000000, 0, 0, None, 0, 1700000180000],
-                "P1": [1700000001000, 0, 0, None, 0, 1700000180000],
-                "P2": [1700000000000, 0, 1, "10.0.0.9:502", 0, 1700000180000]},
+    "devices": {
+        "D1": [1700000000000, 0, 0, None, 0, 1700000180000],
+        "P1": [1700000001000, 0, 0, None, 0, 1700000180000],
+        "P2": [1700000000000, 0, 1, "10.0.0.9:502", 0, 1700000180000],
+    },
     "pumps": {"S1": [1700000001000, 1700000061000, 0, []]},
-    "links_down": ["10.0.0.9:502"], "sources_down": ["mqtt"], "source_up_at": {},
+    "links_down": ["10.0.0.9:502"],
+    "sources_down": ["mqtt"],
+    "source_up_at": {},
     "false_alarms": {"D1": ["S1", [1700000003000, 1700000004000], 1]},
-    "modes": [{"type": "test", "device_id": "D1", "point": "pressure", "until_ms": 1700003600000,
-               "reason": "drill", "actor": "tech"},
-              {"type": "shield", "device_id": "P1", "point": None, "until_ms": 1700007200000, "reason": "repair",
-               "actor": "tech"}],
-    "active": [["S1", "P1", "pump1_fault", "pump1_fault", "shield"], ["S1", "10.0.0.9:502", "link_down", "", ""],
-               ["S1", "D1", "false_alarms", "", ""]],
+    "modes": [
+        {
+            "type": "test",
+            "device_id": "D1",
+            "point": "pressure",
+            "until_ms": 1700003600000,
+            "reason": "drill",
+            "actor": "tech",
+        },
+        {
+            "type": "shield",
+            "device_id": "P1",
+            "point": None,
+            "until_ms": 1700007200000,
+            "reason": "repair",
+            "actor": "tech",
+        },
+    ],
+    "active": [
+        ["S1", "P1", "pump1_fault", "pump1_fault", "shield"],
+        ["S1", "10.0.0.9:502", "link_down", "", ""],
+        ["S1", "D1", "false_alarms", "", ""],
+    ],
     "counters": {"stale": 0, "unknown_device": 0, "clock_reset": 0, "missing": 0},
 }
 
 
 def test_snapshot_v1_written_before_the_split_restores() -> None:
-    cat = catalog([device("D1", "test-sensor"), device("P1", "fire-pump-cabinet", host="10.0.0.9"),
-                   device("P2", "fire-pump-cabinet", host="10.0.0.9")])
+    cat = catalog(
+        [
+            device("D1", "test-sensor"),
+            device("P1", "fire-pump-cabinet", host="10.0.0.9"),
+            device("P2", "fire-pump-cabinet", host="10.0.0.9"),
+        ]
+    )
     extra: list[AnyRule] = [LOW_HOLD, StuckRule(point="runs", for_s=60)]
-    eng = RuleEngine(cat, rules_for=lambda d, p: [*effective_rules(p, d), *(extra if d.device_id == "D1" else [])],
-                     site_rules_for=lambda s: SiteRules(pump_start=PumpStartRule(limit_s=60),
-                                                        false_alarms=FalseAlarmsRule(max_per_day=1)))
+    eng = RuleEngine(
+        cat,
+        rules_for=lambda d, p: [*effective_rules(p, d), *(extra if d.device_id == "D1" else [])],
+        site_rules_for=lambda s: SiteRules(
+            pump_start=PumpStartRule(limit_s=60), false_alarms=FalseAlarmsRule(max_per_day=1)
+        ),
+    )
     eng.restore(json.loads(json.dumps(SNAPSHOT_V1)))
     assert eng.snapshot() == SNAPSHOT_V1
     out = eng.tick(T0 + 61 * S)
     out += eng.on_source("mqtt", True, T0 + 62 * S)
-    out += eng.on_readings([rd("runs", 4, T0 + 63 * S), rd("runs", 4, T0 + 70 * S),
-                            rd("pump1_run", True, T0 + 70 * S, dev="P1")], T0 + 70 * S)
+    out += eng.on_readings(
+        [rd("runs", 4, T0 + 63 * S), rd("runs", 4, T0 + 70 * S), rd("pump1_run", True, T0 + 70 * S, dev="P1")],
+        T0 + 70 * S,
+    )
     out += eng.on_status([DeviceStatusChange("P2", "online", T0 + 80 * S)], T0 + 80 * S)
     out += eng.end_mode("D1", "pressure", "tech", T0 + 90 * S)
     out += eng.end_mode("P1", None, "tech", T0 + 91 * S)
     out += eng.tick(T0 + 86_410 * S)
-    seen = [(type(e).__name__, e.device_id, e.action if isinstance(e, ShieldLog) else e.rule,
-             getattr(e, "active", None), e.at_ms - T0) for e in out]
+    seen = [
+        (
+            type(e).__name__,
+            e.device_id,
+            e.action if isinstance(e, ShieldLog) else e.rule,
+            getattr(e, "active", None),
+            e.at_ms - T0,
+        )
+        for e in out
+    ]
     assert seen == [
         ("TestRecord", "D1", "pressure_low", True, 30 * S),  # the hold completes, under test
         ("Condition", "", "pump_start", True, 61 * S),
@@ -639,25 +813,50 @@ def test_snapshot_of_another_version_is_refused() -> None:
 
 # ----------------------------------------------------------------------------- the narrow context
 
+
 class Recorder:
     """A :class:`RuleContext` that records what a rule asks of it: rules need nothing else."""
 
     def __init__(self, sources_down: Sequence[str] = ()) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.sources_down = set(sources_down)
-        self.ctx = RuleContext(arm=self.arm, condition=self.condition, site_condition=self.site_condition,
-                               fire_signal=self.fire_signal, sources_down=self.sources_down, source_up_at={})
+        self.ctx = RuleContext(
+            arm=self.arm,
+            condition=self.condition,
+            site_condition=self.site_condition,
+            fire_signal=self.fire_signal,
+            sources_down=self.sources_down,
+            source_up_at={},
+        )
 
     def arm(self, timed: Timed, due_ms: int, /) -> None:
         timed.due = due_ms
         self.calls.append(("arm", due_ms - T0))
 
-    def condition(self, dev: DeviceState, meta: HazardMeta, active: bool, at_ms: int, metric: str | None,
-                  evidence: list[Evidence], out: list[Effect], /) -> None:
+    def condition(
+        self,
+        dev: DeviceState,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        metric: str | None,
+        evidence: list[Evidence],
+        out: list[Effect],
+        /,
+    ) -> None:
         self.calls.append(("condition", dev.device_id, meta.rule, active, at_ms - T0))
 
-    def site_condition(self, site_id: str, device_id: str, meta: HazardMeta, active: bool, at_ms: int,
-                       evidence: list[Evidence], out: list[Effect], /) -> None:
+    def site_condition(
+        self,
+        site_id: str,
+        device_id: str,
+        meta: HazardMeta,
+        active: bool,
+        at_ms: int,
+        evidence: list[Evidence],
+        out: list[Effect],
+        /,
+    ) -> None:
         self.calls.append(("site_condition", site_id, meta.rule, active, at_ms - T0))
 
     def fire_signal(self, p: PointState, rule: str, at_ms: int, test: bool, out: list[Effect], /) -> None:
@@ -689,8 +888,10 @@ def test_a_hold_arms_a_timer_and_raises_through_the_context() -> None:
     assert rec.calls == [("arm", 32 * S)]  # the hold runs on the gateway clock, from the receive time
     ev.fire(rec.ctx, T0 + 32 * S, [])
     fed(ev, rec, p, 0.3, T0 + 40 * S)
-    assert rec.calls[1:] == [("condition", "D1", "pressure_low", True, 30 * S),
-                             ("condition", "D1", "pressure_low", False, 40 * S)]
+    assert rec.calls[1:] == [
+        ("condition", "D1", "pressure_low", True, 30 * S),
+        ("condition", "D1", "pressure_low", False, 40 * S),
+    ]
 
 
 def test_point_silence_waits_while_the_source_is_down() -> None:
@@ -712,8 +913,11 @@ def test_pump_start_correlation_through_the_context() -> None:
     pump.trigger(rec.ctx, T0 + 5 * S, T0 + 5 * S)  # already pending: no second timer
     pump.fire(rec.ctx, T0 + 61 * S, [])
     pump.run_changed(rec.ctx, "P1/pump1_run", True, T0 + 70 * S, [])
-    assert rec.calls == [("arm", 61 * S), ("site_condition", "S1", "pressure_low", True, 61 * S),
-                         ("site_condition", "S1", "pressure_low", False, 70 * S)]
+    assert rec.calls == [
+        ("arm", 61 * S),
+        ("site_condition", "S1", "pressure_low", True, 61 * S),
+        ("site_condition", "S1", "pressure_low", False, 70 * S),
+    ]
 
 
 def test_unknown_device_is_counted() -> None:

@@ -8,5 +8,11 @@ from gateway.api.routes import devices, health, profiles, sites, stream, workflo
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, sites.router, devices.router, workflow.router, profiles.router,
-                                  stream.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    sites.router,
+    devices.router,
+    workflow.router,
+    profiles.router,
+    stream.router,
+)

@@ -28,17 +28,28 @@ def device_row(cat: Catalog, device_id: str, state: dict[str, Any] | None) -> De
     dev = cat.devices[device_id]
     prof = cat.profiles.get(dev.profile)
     state = state or {}
-    latest = {m: {**v, "value": cat.typed(device_id, m, v["value"]), "ts": iso(v.pop("ts_ms"))}
-              for m, v in (state.get("latest") or {}).items()}
-    return Device.model_validate({
-        "device_id": device_id, "site_id": dev.site_id, "profile": dev.profile,
-        "kind": prof.kind if prof else None, "title_zh": prof.title.zh if prof else None,
-        "title_en": prof.title.en if prof else None, "location": dev.location.model_dump(),
-        "status": state.get("status", "never_seen") if state.get("last_seen_ms") or state.get("status")
-        == "unreachable" else "never_seen",
-        "status_reason": state.get("status_reason"), "link": state.get("link"),
-        "last_seen": iso(state.get("last_seen_ms") or None), "latest": latest,
-    })
+    latest = {
+        m: {**v, "value": cat.typed(device_id, m, v["value"]), "ts": iso(v.pop("ts_ms"))}
+        for m, v in (state.get("latest") or {}).items()
+    }
+    return Device.model_validate(
+        {
+            "device_id": device_id,
+            "site_id": dev.site_id,
+            "profile": dev.profile,
+            "kind": prof.kind if prof else None,
+            "title_zh": prof.title.zh if prof else None,
+            "title_en": prof.title.en if prof else None,
+            "location": dev.location.model_dump(),
+            "status": state.get("status", "never_seen")
+            if state.get("last_seen_ms") or state.get("status") == "unreachable"
+            else "never_seen",
+            "status_reason": state.get("status_reason"),
+            "link": state.get("link"),
+            "last_seen": iso(state.get("last_seen_ms") or None),
+            "latest": latest,
+        }
+    )
 
 
 @router.get("/api/v1/devices")
@@ -46,8 +57,11 @@ def devices(api: Api, _: Viewer, site: str | None = None) -> list[Device]:
     with api.store() as st:
         states = {d["device_id"]: d for d in st.devices()}
     cat = api.catalog()
-    return [device_row(cat, d.device_id, states.get(d.device_id)) for d in cat.inventory.devices
-            if site is None or d.site_id == site]
+    return [
+        device_row(cat, d.device_id, states.get(d.device_id))
+        for d in cat.inventory.devices
+        if site is None or d.site_id == site
+    ]
 
 
 @router.get("/api/v1/devices/{device_id}", responses=errors(404))
@@ -61,23 +75,42 @@ def device(api: Api, device_id: str, _: Viewer) -> Device:
 
 
 @router.get("/api/v1/readings", responses=REJECTED)
-def readings(api: Api, _: Viewer, device: str, metric: str | None = None, since: datetime | None = None,
-             until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
-             ) -> list[Reading]:
+def readings(
+    api: Api,
+    _: Viewer,
+    device: str,
+    metric: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[Reading]:
     with api.store() as st:
         rows = st.readings(device, metric=metric, since_ms=epoch_ms(since), until_ms=epoch_ms(until), limit=limit)
     cat = api.catalog()
-    return [Reading.model_validate({
-        "device_id": r.device_id, "site_id": r.site_id, "metric": r.metric,
-        "value": cat.typed(r.device_id, r.metric, r.value),
-        "unit": r.unit, "ts": iso(r.ts_ms), "received_at": iso(r.received_at_ms), "quality": r.quality})
-        for r in rows]
+    return [
+        Reading.model_validate(
+            {
+                "device_id": r.device_id,
+                "site_id": r.site_id,
+                "metric": r.metric,
+                "value": cat.typed(r.device_id, r.metric, r.value),
+                "unit": r.unit,
+                "ts": iso(r.ts_ms),
+                "received_at": iso(r.received_at_ms),
+                "quality": r.quality,
+            }
+        )
+        for r in rows
+    ]
 
 
 @router.get("/api/v1/dead-letters")
-def dead_letters(api: Api, _: Viewer, limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-                 before: Annotated[int | None, Query(ge=1, le=_ID_MAX, description="page on: ids below this")] = None
-                 ) -> list[DeadLetter]:
+def dead_letters(
+    api: Api,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=_ID_MAX, description="page on: ids below this")] = None,
+) -> list[DeadLetter]:
     """Newest first. A page holds at most ``limit`` rows and about 1 MiB; each payload is at most its
     first 4 KiB (``size`` is the real size, ``truncated`` says so). Page on with ``before=<last id>``."""
     with api.store() as st:

@@ -30,8 +30,7 @@ def readyz(api: Api, _: Viewer, response: Response) -> Readiness:
     stages = [stg.snapshot() for stg in api.ctx.health.stages()]
     problems = [f"{st['name']}: {st['failing']}" for st in stages if st["failing"]]
     problems += [f"{st['name']}: stalled" for st in stages if st["stalled"]]
-    problems += [f"{st['name']}: disconnected ({st['last_error'] or ''})"
-                 for st in stages if st["connected"] is False]
+    problems += [f"{st['name']}: disconnected ({st['last_error'] or ''})" for st in stages if st["connected"] is False]
     try:
         with api.store() as st:
             st.conn.execute("BEGIN IMMEDIATE")
@@ -42,8 +41,9 @@ def readyz(api: Api, _: Viewer, response: Response) -> Readiness:
         problems.append(f"store: not writable: {exc}")
     if problems:
         response.status_code = 503
-    return Readiness.model_validate({"ready": not problems, "problems": problems, "store_writable": writable,
-                                     "stages": stages})
+    return Readiness.model_validate(
+        {"ready": not problems, "problems": problems, "store_writable": writable, "stages": stages}
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=json_errors(401, 503))

@@ -25,9 +25,20 @@ def profiles(api: Api, _: Viewer) -> list[ProfileSummary]:
     used: dict[str, int] = {}
     for d in cat.inventory.devices:
         used[d.profile] = used.get(d.profile, 0) + 1
-    return [ProfileSummary(profile=p.profile, version=p.version, kind=p.kind, title_zh=p.title.zh,
-                           title_en=p.title.en, transport=p.transport, points=len(p.points), rules=len(p.rules),
-                           devices=used.get(name, 0)) for name, p in sorted(cat.profiles.items())]
+    return [
+        ProfileSummary(
+            profile=p.profile,
+            version=p.version,
+            kind=p.kind,
+            title_zh=p.title.zh,
+            title_en=p.title.en,
+            transport=p.transport,
+            points=len(p.points),
+            rules=len(p.rules),
+            devices=used.get(name, 0),
+        )
+        for name, p in sorted(cat.profiles.items())
+    ]
 
 
 async def _dry_run(api: ApiState, body: ProfileIn, who: Caller) -> dict[str, Any]:
@@ -46,13 +57,19 @@ async def _dry_run(api: ApiState, body: ProfileIn, who: Caller) -> dict[str, Any
 async def validate(api: Api, body: ProfileIn, who: Viewer) -> DryRun:
     """Dry run in a sandbox process (limits on size, nesting, time and memory)."""
     out = await _dry_run(api, body, who)
-    return DryRun.model_validate({"valid": out["valid"], "profile": out["profile"], "problems": out["problems"],
-                                  "readings": out["readings"]})
+    return DryRun.model_validate(
+        {"valid": out["valid"], "profile": out["profile"], "problems": out["problems"], "readings": out["readings"]}
+    )
 
 
-@router.post("/api/v1/profiles/activate", responses={
-    **_DRY_RUN_ERRORS, **errors(403, 503),
-    409: {"model": ProblemsError, "description": "the gateway could not load the profile set with it"}})
+@router.post(
+    "/api/v1/profiles/activate",
+    responses={
+        **_DRY_RUN_ERRORS,
+        **errors(403, 503),
+        409: {"model": ProblemsError, "description": "the gateway could not load the profile set with it"},
+    },
+)
 async def activate(api: Api, body: ProfileIn, who: Admin) -> Activation:
     out = await _dry_run(api, body, who)
     if not out["valid"] or out["profile"] is None:
@@ -60,9 +77,9 @@ async def activate(api: Api, body: ProfileIn, who: Admin) -> Activation:
     if api.ctx.admin is None:
         raise HTTPException(503, "the gateway is not running")
     try:
-        await api.ctx.admin("activate_profile", {"name": out["profile"], "yaml": body.profile_yaml,
-                                                 "actor": who.name})
+        await api.ctx.admin("activate_profile", {"name": out["profile"], "yaml": body.profile_yaml, "actor": who.name})
     except ConfigError as exc:
         raise HTTPException(409, {"valid": False, "problems": exc.problems}) from exc
-    return Activation.model_validate({"activated": out["profile"], "version": out["version"],
-                                      "readings": out["readings"]})
+    return Activation.model_validate(
+        {"activated": out["profile"], "version": out["version"], "readings": out["readings"]}
+    )

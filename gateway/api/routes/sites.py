@@ -23,8 +23,10 @@ router = APIRouter(tags=["sites"], responses=errors(401, 503))
 def _sites(api: ApiState, st: Store) -> list[Site]:
     from gateway.sites import site_summaries
 
-    return [Site.model_validate(row)
-            for row in site_summaries(api.catalog(), WorkflowStore(st.conn), int(time.time() * 1000))]
+    return [
+        Site.model_validate(row)
+        for row in site_summaries(api.catalog(), WorkflowStore(st.conn), int(time.time() * 1000))
+    ]
 
 
 def site_detail(api: ApiState, site_id: str) -> SiteDetail:
@@ -38,19 +40,27 @@ def site_detail(api: ApiState, site_id: str) -> SiteDetail:
         fire_events = [public_subject("fire_event", e) for e in ws.fire_events(open_only=True, site_id=site_id)]
         devs = {d["device_id"]: d for d in st.devices()}
     cat = api.catalog()
-    devices = [device_row(cat, d.device_id, devs.get(d.device_id))
-               for d in cat.inventory.devices if d.site_id == site_id]
-    return SiteDetail.model_validate({**row.model_dump(by_alias=True), "hazards": hazards,
-                                      "fire_events": fire_events, "devices": devices})
+    devices = [
+        device_row(cat, d.device_id, devs.get(d.device_id)) for d in cat.inventory.devices if d.site_id == site_id
+    ]
+    return SiteDetail.model_validate(
+        {**row.model_dump(by_alias=True), "hazards": hazards, "fire_events": fire_events, "devices": devices}
+    )
 
 
 @router.get("/api/v1/sites")
-def sites(api: Api, _: Viewer, town: str | None = None, grid_cell: str | None = None,
-          domain: str | None = None) -> list[Site]:
+def sites(
+    api: Api, _: Viewer, town: str | None = None, grid_cell: str | None = None, domain: str | None = None
+) -> list[Site]:
     with api.store() as st:
         rows = _sites(api, st)
-    return [r for r in rows if (town is None or r.town == town) and
-            (grid_cell is None or r.grid_cell == grid_cell) and (domain is None or r.domain == domain)]
+    return [
+        r
+        for r in rows
+        if (town is None or r.town == town)
+        and (grid_cell is None or r.grid_cell == grid_cell)
+        and (domain is None or r.domain == domain)
+    ]
 
 
 @router.get("/api/v1/sites/{site_id}", responses=errors(404))
@@ -65,9 +75,17 @@ async def override(api: Api, site_id: str, body: OverrideIn, who: Admin) -> Over
     if api.ctx.admin is None:
         raise HTTPException(503, "the gateway is not running its workflow")
     try:
-        rec = await api.ctx.admin("override", {"site_id": site_id, "code": body.code, "reason": body.reason,
-                                              "actor": who.name, "until_ms": epoch_ms(body.until),
-                                              "stop_business": body.stop_business})
+        rec = await api.ctx.admin(
+            "override",
+            {
+                "site_id": site_id,
+                "code": body.code,
+                "reason": body.reason,
+                "actor": who.name,
+                "until_ms": epoch_ms(body.until),
+                "stop_business": body.stop_business,
+            },
+        )
     except TransitionError as exc:
         raise HTTPException(409, str(exc)) from exc
     return OverrideResult.model_validate({"record": rec, "site": await asyncio.to_thread(site_detail, api, site_id)})

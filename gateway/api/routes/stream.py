@@ -23,15 +23,26 @@ router = APIRouter(tags=["workflow"])
 #: The stream as OpenAPI 3.2 describes server-sent events (``itemSchema``: one event).
 _EVENTS: dict[str, Any] = {
     "description": "server-sent events: `transition` (`data`: a Transition as JSON, `id`: its sequence number) "
-                   "and `beat` (`data`: `{}`) every 5 s; `retry: 2000` first",
-    "content": {"text/event-stream": {
-        "schema": {"type": "string"},
-        "itemSchema": {"type": "object", "required": ["event", "data"], "properties": {
-            "event": {"type": "string", "enum": ["transition", "beat"]},
-            "id": {"type": "string"},
-            "data": {"type": "string", "contentMediaType": "application/json",
-                     "contentSchema": {"$ref": "#/components/schemas/Transition"}},
-            "retry": {"type": "integer", "minimum": 0}}}}},
+    "and `beat` (`data`: `{}`) every 5 s; `retry: 2000` first",
+    "content": {
+        "text/event-stream": {
+            "schema": {"type": "string"},
+            "itemSchema": {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"type": "string", "enum": ["transition", "beat"]},
+                    "id": {"type": "string"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/Transition"},
+                    },
+                    "retry": {"type": "integer", "minimum": 0},
+                },
+            },
+        }
+    },
 }
 
 
@@ -53,8 +64,9 @@ async def stream(api: Api, request: Request, caller_: Viewer) -> StreamingRespon
             if streams[key] <= 0:
                 del streams[key]
 
-    return StreamingResponse(gen(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 async def _events(api: ApiState, request: Request) -> AsyncIterator[bytes]:

@@ -40,8 +40,7 @@ router = APIRouter(tags=["workflow"], responses=errors(401, 503))
 def _list(api: ApiState, kind: Kind, open_only: bool, site: str | None, limit: int) -> list[dict[str, Any]]:
     with api.store() as st:
         ws = WorkflowStore(st.conn)
-        rows = (ws.fire_events if kind == "fire_event" else ws.hazards)(open_only=open_only, site_id=site,
-                                                                          limit=limit)
+        rows = (ws.fire_events if kind == "fire_event" else ws.hazards)(open_only=open_only, site_id=site, limit=limit)
     return [public_subject(kind, r) for r in rows]
 
 
@@ -58,8 +57,13 @@ def subject_detail(api: ApiState, kind: Kind, subject_id: str) -> dict[str, Any]
 
 
 @router.get("/api/v1/events")
-def events(api: Api, _: Viewer, open: bool = False, site: str | None = None,
-           limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> list[FireEvent]:
+def events(
+    api: Api,
+    _: Viewer,
+    open: bool = False,
+    site: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> list[FireEvent]:
     return [FireEvent.model_validate(r) for r in _list(api, "fire_event", open, site, limit)]
 
 
@@ -69,9 +73,14 @@ def event(api: Api, event_id: str, _: Viewer) -> FireEventDetail:
 
 
 @router.get("/api/v1/hazards")
-def hazards(api: Api, _: Viewer, open: bool = False, site: str | None = None,
-            severity: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 500
-            ) -> list[Hazard]:
+def hazards(
+    api: Api,
+    _: Viewer,
+    open: bool = False,
+    site: str | None = None,
+    severity: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> list[Hazard]:
     rows = _list(api, "hazard", open, site, limit)
     return [Hazard.model_validate(r) for r in rows if severity is None or r["severity"] == severity]
 
@@ -81,8 +90,7 @@ def hazard(api: Api, hazard_id: str, _: Viewer) -> HazardDetail:
     return HazardDetail.model_validate(subject_detail(api, "hazard", hazard_id))
 
 
-async def _act(api: ApiState, kind: Kind, subject_id: str, action: str, who: Caller, body: ActionIn
-               ) -> dict[str, Any]:
+async def _act(api: ApiState, kind: Kind, subject_id: str, action: str, who: Caller, body: ActionIn) -> dict[str, Any]:
     await asyncio.to_thread(subject_detail, api, kind, subject_id)  # 404 for an unknown id
     act = api.ctx.act
     if act is None:
@@ -105,13 +113,16 @@ async def _act(api: ApiState, kind: Kind, subject_id: str, action: str, who: Cal
 
 
 @router.post("/api/v1/events/{event_id}/{action}", responses=_ACTION_ERRORS)
-async def event_action(api: Api, event_id: str, action: FireAction, who: Operator,
-                       body: ActionIn | None = None) -> FireEventActionResult:
-    return FireEventActionResult.model_validate(await _act(api, "fire_event", event_id, str(action), who,
-                                                     body or ActionIn()))
+async def event_action(
+    api: Api, event_id: str, action: FireAction, who: Operator, body: ActionIn | None = None
+) -> FireEventActionResult:
+    return FireEventActionResult.model_validate(
+        await _act(api, "fire_event", event_id, str(action), who, body or ActionIn())
+    )
 
 
 @router.post("/api/v1/hazards/{hazard_id}/{action}", responses=_ACTION_ERRORS)
-async def hazard_action(api: Api, hazard_id: str, action: HazardAction, who: Operator,
-                        body: ActionIn | None = None) -> HazardActionResult:
+async def hazard_action(
+    api: Api, hazard_id: str, action: HazardAction, who: Operator, body: ActionIn | None = None
+) -> HazardActionResult:
     return HazardActionResult.model_validate(await _act(api, "hazard", hazard_id, str(action), who, body or ActionIn()))

@@ -42,8 +42,9 @@ def parse_dump(text: str) -> dict[str, dict[int, int]]:
             try:
                 word = int(tok, 2 if table in BIT_TABLES else 16)
             except ValueError as exc:
-                raise DecodeError(f"dump line {lineno}: {tok!r} is not a {'bit' if table in BIT_TABLES else 'hex word'}"
-                                  ) from exc
+                raise DecodeError(
+                    f"dump line {lineno}: {tok!r} is not a {'bit' if table in BIT_TABLES else 'hex word'}"
+                ) from exc
             memory.setdefault(table, {})[addr] = word
             addr += 1
     return memory
@@ -65,6 +66,18 @@ def decode_dump(profile: Profile, text: str, now_ms: int) -> list[Reading]:
         dec = decode_point(rp, [int(w) for w in words if w is not None])
         if dec.value is None:
             continue
-        out.append(Reading("", "", rp.name, dec.value, rp.point.unit, now_ms, now_ms, dec.quality, rp.point_class,
-                           rp.point_class in URGENT_CLASSES))
+        out.append(
+            Reading(
+                "",
+                "",
+                rp.name,
+                dec.value,
+                rp.point.unit,
+                now_ms,
+                now_ms,
+                dec.quality,
+                rp.point_class,
+                rp.point_class in URGENT_CLASSES,
+            )
+        )
     return out

@@ -11,8 +11,19 @@ from gateway.errors import ConfigError
 from gateway.normalize.registers.points import BIT_TABLES, RegisterPoint, Table, compile_points
 from gateway.profiles.models import ModbusDeviceBinding, ModbusProfile, Profile
 
-__all__ = ["SPLIT_CODES", "DevicePlan", "DeviceReads", "ReadBlock", "ReadPass", "Unreadable", "compile_device",
-           "join_blocks", "plan_reads", "response_problem", "split_block"]
+__all__ = [
+    "SPLIT_CODES",
+    "DevicePlan",
+    "DeviceReads",
+    "ReadBlock",
+    "ReadPass",
+    "Unreadable",
+    "compile_device",
+    "join_blocks",
+    "plan_reads",
+    "response_problem",
+    "split_block",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +88,7 @@ def plan_reads(
     return tuple(blocks)
 
 
-def compile_device(
-    device_id: str, profile: Profile, binding: ModbusDeviceBinding, *, link: str = ""
-) -> DevicePlan:
+def compile_device(device_id: str, profile: Profile, binding: ModbusDeviceBinding, *, link: str = "") -> DevicePlan:
     """Compile and plan one device: the profile's map with the binding's base, limits and timing."""
     defaults = profile.modbus or ModbusProfile()
     prefix = f"{link}/unit{binding.unit}/" if link else f"{device_id}/"
@@ -131,8 +140,9 @@ def split_block(block: ReadBlock) -> tuple[ReadBlock, ReadBlock] | None:
     return _block_of(block.table, left), _block_of(block.table, right)
 
 
-def join_blocks(blocks: Iterable[ReadBlock], *, max_registers: int = 125, max_bits: int = 2000
-                ) -> tuple[ReadBlock, ...]:
+def join_blocks(
+    blocks: Iterable[ReadBlock], *, max_registers: int = 125, max_bits: int = 2000
+) -> tuple[ReadBlock, ...]:
     """Merge reads of one table that touch or overlap, within the read limits.
 
     Only touching reads are merged: every register of the union was read successfully, so the
@@ -192,8 +202,12 @@ class DeviceReads:
         recheck: tuple[ReadBlock, ...] = ()
         # a device none of whose points can be read is re-checked every poll: that is its only read
         if self.unreadable and (now >= self.recheck_at or not self.blocks):
-            recheck = plan_reads([u.point for u in self.unreadable.values()], max_registers=self.plan.max_registers,
-                                 max_bits=self.plan.max_bits, max_gap=0)
+            recheck = plan_reads(
+                [u.point for u in self.unreadable.values()],
+                max_registers=self.plan.max_registers,
+                max_bits=self.plan.max_bits,
+                max_gap=0,
+            )
         return ReadPass(self, now, recheck)
 
 

@@ -90,8 +90,7 @@ def _compile_point(point: Point, spec: RegisterSpec, address_base: int, where_pr
     where = f"{where_prefix}{spec.table}:{spec.address} {point.name}"
     if address < 0:
         raise ConfigError(
-            f"{where}: address {spec.address} does not exist on a device that numbers "
-            f"addresses from {address_base}"
+            f"{where}: address {spec.address} does not exist on a device that numbers addresses from {address_base}"
         )
     width = spec.width
     if address + width > 65536:
@@ -135,9 +134,7 @@ def _compile_point(point: Point, spec: RegisterSpec, address_base: int, where_pr
     )
 
 
-def compile_points(
-    profile: Profile, *, address_base: int = 0, where_prefix: str = ""
-) -> tuple[RegisterPoint, ...]:
+def compile_points(profile: Profile, *, address_base: int = 0, where_prefix: str = "") -> tuple[RegisterPoint, ...]:
     """Compile every register point of ``profile`` (in profile order), or raise ConfigError."""
     out: list[RegisterPoint] = []
     problems: list[str] = []
