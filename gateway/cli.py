@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.errors import AuthenticationFailed, ConfigError, FiregwError
 from gateway.settings import GatewaySettings, load_settings
+from gateway.times import iso
 
 __all__ = ["main"]
 
@@ -27,12 +28,6 @@ logger = logging.getLogger("firegw")
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
     return load_settings(getattr(args, "config", None))
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_time(text: str) -> int:
@@ -144,7 +139,7 @@ def cmd_profiles_try(args: argparse.Namespace) -> int:
             "metric": r.metric,
             "value": r.value,
             "unit": r.unit,
-            "ts": _iso(r.ts_ms),
+            "ts": iso(r.ts_ms),
             "quality": r.quality.value,
             "class": r.point_class.value,
             "urgent": r.urgent,
@@ -210,8 +205,8 @@ def cmd_readings(args: argparse.Namespace) -> int:
             "metric": r.metric,
             "value": typed(r.device_id, r.metric, r.value),
             "unit": r.unit,
-            "ts": _iso(r.ts_ms),
-            "received_at": _iso(r.received_at_ms),
+            "ts": iso(r.ts_ms),
+            "received_at": iso(r.received_at_ms),
             "quality": r.quality,
         }
         for r in rows
@@ -228,7 +223,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     with _store(_settings(args)) as store:
         rows = store.dead_letters(limit=args.limit)
     for r in rows:
-        r["at"] = _iso(r.pop("at_ms"))
+        r["at"] = iso(r.pop("at_ms"))
     if args.json:
         _print_json(rows)
     else:

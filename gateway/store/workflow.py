@@ -10,21 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.hazards.lifecycle import Transition
+from gateway.times import iso
 
 __all__ = ["BODY_VERSION", "WorkflowStore", "event_body", "iso"]
 
 #: Version of the JSON body delivered to the grid workflow (see README, "Delivered events").
 BODY_VERSION = 1
-
-
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def public_subject(kind: str, snap: dict[str, Any]) -> dict[str, Any]:
