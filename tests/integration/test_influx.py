@@ -54,6 +54,7 @@ from gateway.store.sqlite import (
     sink_instance,
 )
 from simulators.broker import Mosquitto, free_port
+from simulators.launch import stop_process
 from tests.support import (
     PROFILES,
     GatewayProc,
@@ -146,13 +147,7 @@ class _Server:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 30)
         self.proc = None
 
 
